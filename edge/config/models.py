@@ -1,0 +1,162 @@
+"""Typed device configuration. Unknown keys are rejected everywhere (`extra="forbid"`),
+so a typo in the TOML is an error instead of a silently ignored setting.
+
+`firmware_cfg/sensor.toml` documents every key here; keep the two in step
+(tests/test_config.py checks that the template loads and covers every field).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SecretRef(Section):
+    """Where a secret comes from: a file (first line, stripped) or an environment variable.
+
+    Never a literal value: secrets in a config file end up in backups and bug
+    reports, and command-line arguments are visible in `ps`.
+    """
+
+    file: Path | None = None
+    env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretRef:
+        if (self.file is None) == (self.env is None):
+            raise ValueError("give exactly one of 'file' or 'env'")
+        return self
+
+    def describe(self) -> str:
+        return f"file {self.file}" if self.file is not None else f"environment variable {self.env}"
+
+    def read(self) -> str:
+        if self.file is not None:
+            try:
+                text = self.file.read_text(encoding="utf-8")
+            except OSError as exc:
+                raise FileNotFoundError(f"secret file {self.file}: {exc.strerror}") from exc
+            return text.strip().splitlines()[0] if text.strip() else ""
+        value = os.environ.get(self.env or "")
+        if value is None:
+            raise KeyError(f"secret environment variable {self.env} is not set")
+        return value
+
+
+class DeviceConfig(Section):
+    id: str = Field(default="", pattern=r"^[A-Za-z0-9_-]{0,64}$", description="device id; empty: hostname")
+    group: str = Field(default="default", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    location: str = ""
+
+
+class SourceConfig(Section):
+    uri: str = "demo"
+    width: int = Field(default=640, ge=16, le=7680)
+    height: int = Field(default=480, ge=16, le=4320)
+    fps: float = Field(default=30.0, gt=0, le=240)
+    stall_timeout_s: float = Field(default=5.0, gt=0)
+    reconnect_initial_s: float = Field(default=0.5, gt=0)
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+    loop: bool = False
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> SourceConfig:
+        if self.reconnect_max_s < self.reconnect_initial_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_initial_s")
+        return self
+
+
+class DetectionConfig(Section):
+    every_k_frames: int = Field(default=3, ge=1, le=300)
+    min_face_px: int = Field(default=48, ge=8)
+    max_faces: int = Field(default=4, ge=1, le=64)
+    score_threshold: float = Field(default=0.6, gt=0, lt=1)
+    track_iou: float = Field(default=0.3, gt=0, lt=1)
+    track_max_missed: int = Field(default=10, ge=0)
+
+
+class ModelConfig(Section):
+    bundle: Path | None = Field(default=None, description="bundle directory; empty: the built-in default")
+    backend: Literal["auto", "onnxruntime", "tensorrt"] = "auto"
+    engine_cache_dir: Path = Path("/var/cache/affect-sensor/engines")
+    threads: int = Field(default=2, ge=1, le=256)
+    batch_max: int = Field(default=8, ge=1, le=256)
+
+
+class HeadConfig(Section):
+    smoothing: Literal["none", "ema", "window"] = "ema"
+    ema_alpha: float = Field(default=0.4, gt=0, le=1)
+    window: int = Field(default=5, ge=1, le=300)
+    max_tracks: int = Field(default=64, ge=1, le=4096)
+
+
+class TLSConfig(Section):
+    enabled: bool = False
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    check_hostname: bool = True
+
+
+class MQTTConfig(Section):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(default=1883, ge=1, le=65535)
+    protocol: Literal["3.1.1", "5"] = "5"
+    prefix: str = Field(default="affect", pattern=r"^[^#+]+$")
+    keepalive_s: int = Field(default=30, ge=5, le=3600)
+    username: str | None = None
+    password: SecretRef | None = None
+    tls: TLSConfig = TLSConfig()
+    qos_results: Literal[0, 1, 2] = 0
+    qos_events: Literal[0, 1, 2] = 1
+    qos_stats: Literal[0, 1, 2] = 0
+    results_max_hz: float = Field(default=2.0, gt=0, le=1000)
+    buffer_max_messages: int = Field(default=10000, ge=0)
+    buffer_max_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
+    buffer_dir: Path | None = None
+    discovery_prefix: str | None = "homeassistant"
+
+    @model_validator(mode="after")
+    def _credentials(self) -> MQTTConfig:
+        if self.password is not None and not self.username:
+            raise ValueError("password is set but username is empty")
+        return self
+
+
+class SinksConfig(Section):
+    stdout: bool = False
+    jsonl: Path | None = None
+
+
+class StatsConfig(Section):
+    interval_s: float = Field(default=10.0, gt=0)
+
+
+class UpdateConfig(Section):
+    enabled: bool = False
+    bundles_dir: Path = Path("/var/lib/affect-sensor/bundles")
+    trusted_keys_dir: Path = Path("/etc/affect-sensor/keys")
+    keep: int = Field(default=3, ge=2, le=50)
+    max_download_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
+    download_timeout_s: float = Field(default=60.0, gt=0)
+    health_window_s: float = Field(default=20.0, ge=0)
+
+
+class SensorConfig(Section):
+    device: DeviceConfig = DeviceConfig()
+    source: SourceConfig = SourceConfig()
+    detection: DetectionConfig = DetectionConfig()
+    model: ModelConfig = ModelConfig()
+    head: HeadConfig = HeadConfig()
+    mqtt: MQTTConfig = MQTTConfig()
+    sinks: SinksConfig = SinksConfig()
+    stats: StatsConfig = StatsConfig()
+    update: UpdateConfig = UpdateConfig()

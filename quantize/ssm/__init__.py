@@ -1,0 +1,1 @@
+"""Structured Semantic Mapping (SSM) building blocks shared by the teacher and the student."""
