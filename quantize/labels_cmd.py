@@ -33,6 +33,6 @@ def _labels(args: argparse.Namespace) -> int:
         print(f"AU{n:<4}{action_unit(n).name:<22}{by:<14}")
     print("\nFACS prior (1 = prototype AU):")
     print(" " * 11 + "".join(f"{n:>4}" for n in space.aus))
-    for name, row in zip(space.expressions, prior):
+    for name, row in zip(space.expressions, prior, strict=True):
         print(f"{name:<11}" + "".join(f"{'   #' if v >= 1 else '   .'}" for v in row))
     return 0

@@ -99,10 +99,16 @@ class HeadConfig(Section):
 
 class TLSConfig(Section):
     enabled: bool = False
-    ca_file: Path | None = None
+    ca_file: Path | None = Field(default=None, description="CA bundle for the broker; unset: system CAs")
     cert_file: Path | None = None
     key_file: Path | None = None
     check_hostname: bool = True
+
+    @model_validator(mode="after")
+    def _pair(self) -> TLSConfig:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together (mutual TLS needs both)")
+        return self
 
 
 class MQTTConfig(Section):
@@ -110,7 +116,9 @@ class MQTTConfig(Section):
     host: str = "127.0.0.1"
     port: int = Field(default=1883, ge=1, le=65535)
     protocol: Literal["3.1.1", "5"] = "5"
-    prefix: str = Field(default="affect", pattern=r"^[^#+]+$")
+    prefix: str = Field(default="affect", pattern=r"^[^#+/][^#+]*[^#+/]$|^[^#+/]$")
+    client_id: str = Field(default="", pattern=r"^[A-Za-z0-9_.-]{0,64}$",
+                           description="empty: affect-<device id>")
     keepalive_s: int = Field(default=30, ge=5, le=3600)
     username: str | None = None
     password: SecretRef | None = None
@@ -118,16 +126,22 @@ class MQTTConfig(Section):
     qos_results: Literal[0, 1, 2] = 0
     qos_events: Literal[0, 1, 2] = 1
     qos_stats: Literal[0, 1, 2] = 0
-    results_max_hz: float = Field(default=2.0, gt=0, le=1000)
+    results_max_hz: float = Field(default=2.0, ge=0, le=1000, description="0: no limit")
+    reconnect_initial_s: float = Field(default=1.0, gt=0)
+    reconnect_max_s: float = Field(default=60.0, gt=0)
+    max_inflight: int = Field(default=20, ge=1, le=65535)
+    queue_max: int = Field(default=1000, ge=1)
     buffer_max_messages: int = Field(default=10000, ge=0)
     buffer_max_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
     buffer_dir: Path | None = None
-    discovery_prefix: str | None = "homeassistant"
+    discovery_prefix: str | None = Field(default="homeassistant", pattern=r"^[^#+]+$")
 
     @model_validator(mode="after")
     def _credentials(self) -> MQTTConfig:
         if self.password is not None and not self.username:
             raise ValueError("password is set but username is empty")
+        if self.reconnect_max_s < self.reconnect_initial_s:
+            raise ValueError("reconnect_max_s must be >= reconnect_initial_s")
         return self
 
 

@@ -1,0 +1,51 @@
+"""Shared fixtures. Component-specific helpers live in their own modules (e.g. tests/mqtt_broker.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edge.alignment import TEMPLATE_112
+
+REPO = Path(__file__).resolve().parents[1]
+LONDON = REPO.parent / "shared" / "data" / "london_faces"
+
+
+def manifest_fields(**overrides: Any) -> dict[str, Any]:
+    """Manifest fields (all but files) of a small valid bundle."""
+    fields: dict[str, Any] = {
+        "name": "test-bundle",
+        "version": "1.2.3",
+        "build": 7,
+        "description": "bundle written by the test suite",
+        "training_data": "none",
+        "labels": {"aus": [1, 2, 4, 6, 12], "expressions": ["neutral", "happiness", "sadness"]},
+        "input": {
+            "crop_size": 112,
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.25, 0.25, 0.25],
+            "alignment": {"points": TEMPLATE_112.tolist()},
+        },
+        "output": {"feature_dim": 16},
+        "golden": {"inputs": "golden/inputs.npy", "outputs": "golden/outputs.npz", "atol": 1e-4},
+    }
+    fields.update(overrides)
+    return fields
+
+
+def bundle_files() -> dict[str, tuple[bytes, str]]:
+    return {
+        "student_cpu.onnx": (b"onnx-bytes-for-format-tests", "onnx_cpu"),
+        "head.npz": (b"head-bytes", "head"),
+        "golden/inputs.npy": (b"golden-in", "golden_inputs"),
+        "golden/outputs.npz": (b"golden-out", "golden_outputs"),
+    }
+
+
+@pytest.fixture
+def london_dir() -> Path:
+    if not LONDON.is_dir():
+        pytest.skip(f"real photos not found at {LONDON}")
+    return LONDON
