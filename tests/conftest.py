@@ -29,7 +29,7 @@ def manifest_fields(**overrides: Any) -> dict[str, Any]:
             "alignment": {"points": TEMPLATE_112.tolist()},
         },
         "output": {"feature_dim": 16},
-        "golden": {"inputs": "golden/inputs.npy", "outputs": "golden/outputs.npz", "atol": 1e-4},
+        "golden": {"inputs": "golden/inputs.npy", "outputs": "golden/outputs.npz", "atol": {"onnx_cpu": 1e-4}},
     }
     fields.update(overrides)
     return fields

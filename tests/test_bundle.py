@@ -122,7 +122,9 @@ def test_unknown_manifest_field(bundle_dir):
         ({"input": {"crop_size": 64, "mean": [0.5] * 3, "std": [0.2] * 3,
                     "alignment": {"points": [[100, 1]] * 5}}}, "input"),
         ({"output": {"feature_dim": 0}}, "output.feature_dim"),
-        ({"golden": {"inputs": "nope.npy", "outputs": "golden/outputs.npz", "atol": 1e-3}}, "golden.inputs"),
+        ({"golden": {"inputs": "nope.npy", "outputs": "golden/outputs.npz", "atol": {"onnx_cpu": 1e-3}}}, "golden.inputs"),
+        ({"golden": {"inputs": "golden/inputs.npy", "outputs": "golden/outputs.npz", "atol": {"onnx_cpu": 2}}},
+         "golden.atol"),
         ({"created": "2026-01-01T00:00:00"}, "created"),
     ],
 )

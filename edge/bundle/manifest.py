@@ -117,11 +117,27 @@ class OutputSpec(Strict):
     feature_dim: int = Field(ge=1, le=4096)
 
 
+OnnxRole = Literal["onnx_tensorrt", "onnx_cpu", "onnx_fp32"]
+
+
 class Golden(Strict):
+    """Golden vectors for the on-device self-test.
+
+    `outputs` holds the probabilities the trained (fake-quantized) PyTorch model
+    gives on `inputs`; `atol` is the allowed absolute difference in those
+    probabilities for a backend running the graph of each role.
+    """
+
     inputs: str
     outputs: str
-    atol: float = Field(gt=0)
-    rtol: float = Field(default=0.0, ge=0)
+    atol: dict[OnnxRole, float] = Field(min_length=1)
+
+    @field_validator("atol")
+    @classmethod
+    def _positive(cls, value: dict[str, float]) -> dict[str, float]:
+        if any(not 0 < v < 1 for v in value.values()):
+            raise ValueError("tolerances must be in (0, 1)")
+        return value
 
 
 class EngineTarget(Strict):

@@ -1,0 +1,1 @@
+"""Inference backends (onnxruntime, TensorRT), preprocessing, engine cache and the golden self-test."""

@@ -1,0 +1,44 @@
+"""onnxruntime backend: the CPU INT8 lowering on CPUs, the float graph on the CUDA provider."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from edge.bundle import Bundle
+from edge.runtime.backend import BackendError, Features
+
+
+class OnnxRuntimeBackend:
+    name = "onnxruntime"
+
+    def __init__(self, bundle: Bundle, threads: int = 2, use_cuda: bool | None = None) -> None:
+        import onnxruntime as ort
+
+        available = ort.get_available_providers()
+        cuda = "CUDAExecutionProvider" in available if use_cuda is None else use_cuda
+        if cuda and "CUDAExecutionProvider" not in available:
+            raise BackendError("onnxruntime here has no CUDAExecutionProvider (install onnxruntime-gpu)")
+        # The CPU INT8 graph is only fast on the CPU provider; on CUDA the float graph is the right one.
+        self.role = "onnx_fp32" if cuda else "onnx_cpu"
+        path = bundle.role(self.role) or bundle.role("onnx_fp32")
+        if path is None:
+            raise BackendError(f"bundle {bundle.path} has no {self.role} or onnx_fp32 graph")
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise BackendError(f"onnxruntime cannot load {path}: {exc}") from exc
+        self.input_name = self.session.get_inputs()[0].name
+        self.path, self.threads = path, threads
+
+    def infer(self, images: np.ndarray) -> Features:
+        f, g = self.session.run(["f", "g"], {self.input_name: images.astype(np.float32, copy=False)})
+        return Features(f, g)
+
+    def describe(self) -> str:
+        providers = ",".join(self.session.get_providers())
+        return f"onnxruntime {self.path.name} ({providers}, {self.threads} threads)"

@@ -1,0 +1,1 @@
+"""Quantization-aware training in the TensorRT convention (docs/quantization.md)."""

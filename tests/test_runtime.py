@@ -1,0 +1,115 @@
+"""Runtime backends on a real exported bundle, the golden self-test, and TensorRT's cache/error paths."""
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_export_bundle import exported  # noqa: F401  (module-scoped bundle fixture)
+
+from edge.bundle import read_bundle
+from edge.config.models import ModelConfig
+from edge.runtime.backend import BackendError
+from edge.runtime.engine_cache import EngineCache, EngineKey
+from edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
+from edge.runtime.preprocess import to_tensor
+from edge.runtime.select import open_backend
+from edge.runtime.selftest import run_selftest
+
+SHA = "ab" * 32
+
+
+def test_onnxruntime_backend_passes_selftest(exported):  # noqa: F811
+    bundle = read_bundle(exported)
+    backend = OnnxRuntimeBackend(bundle, threads=1)
+    assert backend.role == "onnx_cpu"
+    result = run_selftest(bundle, backend)
+    assert result.passed, str(result)
+    assert result.faces == 4
+
+
+def test_selftest_fails_on_a_different_model(exported, tmp_path):  # noqa: F811
+    import shutil
+
+    import onnx
+
+    copy = tmp_path / "bundle"
+    shutil.copytree(exported, copy)
+    bundle = read_bundle(copy)
+    backend = OnnxRuntimeBackend(bundle, threads=1)
+    graph = onnx.load(str(backend.path))
+    gemm = next(i for i in graph.graph.initializer if len(i.dims) == 2)  # a feature-head weight
+    weights = onnx.numpy_helper.to_array(gemm)
+    gemm.CopyFrom(onnx.numpy_helper.from_array(weights[::-1].copy(), gemm.name))
+    onnx.save(graph, str(backend.path))
+    result = run_selftest(bundle, OnnxRuntimeBackend(bundle, threads=1))
+    assert not result.passed and "FAILED" in str(result)
+
+
+def test_auto_backend_falls_back_to_onnxruntime_without_tensorrt(exported, tmp_path):  # noqa: F811
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here")
+    bundle = read_bundle(exported)
+    backend = open_backend(bundle, ModelConfig(backend="auto", engine_cache_dir=tmp_path))
+    assert backend.name == "onnxruntime" and backend.role == "onnx_cpu"
+    assert list(tmp_path.iterdir()) == []  # nothing half-built left in the engine cache
+
+
+def test_forced_tensorrt_without_tensorrt_is_a_clear_error(exported, tmp_path):  # noqa: F811
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
+        pytest.skip("TensorRT is installed here")
+    with pytest.raises(BackendError, match="TensorRT Python bindings are not importable"):
+        open_backend(read_bundle(exported), ModelConfig(backend="tensorrt", engine_cache_dir=tmp_path))
+
+
+def test_engine_key_and_cache_paths(tmp_path):
+    a = EngineKey("10.3.0", "8.7", SHA)
+    b = EngineKey("10.3.0", "8.6", SHA)
+    c = EngineKey("10.4.0", "8.7", SHA)
+    d = EngineKey("10.3.0", "8.7", "cd" * 32)
+    cache = EngineCache(tmp_path)
+    paths = {cache.engine_path(k) for k in (a, b, c, d)}
+    assert len(paths) == 4
+    assert cache.timing_cache_path(a) == cache.timing_cache_path(d) != cache.timing_cache_path(b)
+    with pytest.raises(ValueError, match="compute capability"):
+        EngineKey("10.3.0", "sm87", SHA)
+    with pytest.raises(ValueError, match="TensorRT version"):
+        EngineKey("ten", "8.7", SHA)
+
+
+def test_engine_cache_writes_atomically(tmp_path, monkeypatch):
+    cache = EngineCache(tmp_path / "engines")
+    key = EngineKey("10.3.0", "8.7", SHA)
+    assert cache.load(key) is None
+    cache.store(key, b"engine-v1")
+    assert cache.load(key) == b"engine-v1"
+
+    def crash(*_args):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="disk full"):
+        cache.store(key, b"engine-v2-partial")
+    monkeypatch.undo()
+    assert cache.load(key) == b"engine-v1"
+    assert sorted(p.name for p in (tmp_path / "engines").iterdir()) == [cache.engine_path(key).name]
+    with pytest.raises(ValueError, match="empty engine"):
+        cache.store(key, b"")
+
+
+def test_preprocess_matches_the_input_spec(exported):  # noqa: F811
+    spec = read_bundle(exported).manifest.input
+    crop = np.zeros((spec.crop_size, spec.crop_size, 3), dtype=np.uint8)
+    crop[..., 0] = 255  # blue in BGR
+    x = to_tensor([crop], spec, color_order="BGR")
+    assert x.shape == (1, 3, spec.crop_size, spec.crop_size) and x.dtype == np.float32
+    # RGB model: channel 2 is blue; value (1.0 - mean) / std
+    np.testing.assert_allclose(x[0, 2, 0, 0], (1.0 - spec.mean[2]) / spec.std[2], rtol=1e-6)
+    np.testing.assert_allclose(x[0, 0, 0, 0], (0.0 - spec.mean[0]) / spec.std[0], rtol=1e-6)
+    with pytest.raises(ValueError, match="crops must be"):
+        to_tensor([crop[:10]], spec)
+    assert Path(exported).is_dir()
