@@ -1,0 +1,1 @@
+"""Quantization-aware distillation of the SSM teacher into the INT8 student."""

@@ -1,0 +1,205 @@
+"""Two-phase distillation: FP32 steps, then fold BN + calibrate + QAT steps. Resumable.
+
+Checkpoints record the phase; resuming in the QAT phase rebuilds the folded
+student before loading weights, so a resumed run continues the same graph.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from tqdm import tqdm
+
+from quantize.distill.losses import (
+    DistillWeights,
+    feature_loss,
+    hard_loss,
+    kd_au_loss,
+    kd_fe_loss,
+    prior_consistency,
+)
+from quantize.distill.student_ssm import StudentSSM
+from quantize.metrics import AUReport, FEReport, au_report, calibrate_thresholds, fe_report
+from quantize.qat.calibrate import calibrate
+from quantize.qat.fold import fold_batchnorm
+from quantize.ssm.model import SSMTeacher
+from quantize.student.model import StudentConfig
+from quantize.train import checkpoint as ck
+from quantize.train.sampling import augment_generator, batch_indices
+from quantize.train.tensors import FaceArrays, make_batch
+
+CHECKPOINT = "distill.pt"
+
+
+class DistillSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    fp32_steps: int = Field(default=600, ge=0)
+    qat_steps: int = Field(default=200, ge=0)
+    batch: int = Field(default=32, ge=2)
+    lr: float = Field(default=2e-3, gt=0)
+    qat_lr: float = Field(default=2e-4, gt=0)
+    weight_decay: float = Field(default=1e-4, ge=0)
+    calibration_batches: int = Field(default=8, ge=1)
+    ckpt_every: int = Field(default=100, ge=1)
+    seed: int = 0
+    widths: tuple[int, ...] = (24, 48, 96, 128)
+    blocks: tuple[int, ...] = (1, 1, 2, 1)
+    progress: bool = True
+
+
+@dataclass
+class Evaluation:
+    au: AUReport | None
+    fe: FEReport | None
+    thresholds: np.ndarray
+
+    def values(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        if self.au is not None:
+            out.update(macro_au_f1=self.au.macro_f1, au_auc=self.au.macro_auc)
+        if self.fe is not None:
+            out.update(fe_accuracy=self.fe.accuracy, uar=self.fe.uar)
+        return out
+
+
+def student_config(teacher: SSMTeacher, s: DistillSettings) -> StudentConfig:
+    return StudentConfig(crop_size=teacher.cfg.image_size, widths=s.widths, blocks=s.blocks,
+                         feature_dim=teacher.cfg.dim)
+
+
+@torch.no_grad()
+def probabilities(model: torch.nn.Module, data: FaceArrays, batch: int = 128) -> tuple[np.ndarray, np.ndarray]:
+    """(fe_prob N x E, au_prob N x A) for a teacher or a student on single images."""
+    model.eval()
+    fe, au = [], []
+    for start in range(0, len(data), batch):
+        images = make_batch(data, torch.arange(start, min(start + batch, len(data))), gen=None)["image"]
+        if isinstance(model, SSMTeacher):
+            out = model.predict(images)
+            fe.append(out.fe_logits.softmax(-1).numpy())
+            au.append(out.au_prob[:, 0].numpy())
+        else:
+            head = model(images)[2]
+            fe.append(head.fe_prob.numpy())
+            au.append(head.au_prob.numpy())
+    return np.concatenate(fe), np.concatenate(au)
+
+
+def evaluate(model: torch.nn.Module, val: FaceArrays, test: FaceArrays, labels) -> Evaluation:
+    """Thresholds calibrated on `val`, metrics reported on `test` (never tuned on it)."""
+    _, val_au = probabilities(model, val)
+    thresholds = calibrate_thresholds(val_au, val.au, val.au_mask)
+    fe_prob, au_prob = probabilities(model, test)
+    au = au_report(au_prob, test.au, test.au_mask, thresholds, labels.au_keys) if test.au_mask.any() else None
+    fe = fe_report(fe_prob, test.fe, list(labels.expressions)) if (test.fe >= 0).any() else None
+    return Evaluation(au, fe, thresholds)
+
+
+def _optimizer(student: StudentSSM, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    params = [p for p in student.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def _step_loss(student: StudentSSM, teacher: SSMTeacher, batch: dict[str, torch.Tensor],
+               w: DistillWeights) -> dict[str, torch.Tensor]:
+    with torch.no_grad():
+        t_out = teacher.predict(batch["image"])
+    f, g, out = student(batch["image"])
+    terms = {
+        "hard": hard_loss(out, batch["au"], batch["au_mask"], batch["fe"]),
+        "kd_fe": kd_fe_loss(out.fe_logits, t_out.fe_logits, w.temperature),
+        "kd_au": kd_au_loss(out.au_prob, t_out.au_prob[:, 0]),
+        "feature": feature_loss(student.proj_f(f), t_out.f) + feature_loss(student.proj_g(g), t_out.g[:, 0]),
+        "prior": prior_consistency(out, student.mapping),
+    }
+    terms["total"] = sum(getattr(w, k) * v for k, v in terms.items())
+    return terms
+
+
+def distill(teacher: SSMTeacher, train: FaceArrays, settings: DistillSettings, out: Path,
+            weights: DistillWeights = DistillWeights(), resume: bool = True) -> StudentSSM:
+    """Run (or resume) both phases; returns the student in fake-quant mode when qat_steps > 0."""
+    out.mkdir(parents=True, exist_ok=True)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    ck.seed_everything(settings.seed)
+    student = StudentSSM(teacher, student_config(teacher, settings))
+    phase, step = "fp32", 0
+    optimizer = _optimizer(student, settings.lr, settings.weight_decay)
+    path = out / CHECKPOINT
+    if resume and path.is_file():
+        state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: numpy RNG state
+        if not {"phase", "step", "model", "optimizer", "rng"} <= set(state):
+            raise ValueError(f"{path} is not a distillation checkpoint")
+        phase, step = state["phase"], state["step"]
+        if phase == "qat":
+            fold_batchnorm(student.backbone)
+            optimizer = _optimizer(student, settings.qat_lr, settings.weight_decay)
+        student.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        ck.set_rng_state(state["rng"])
+        if phase == "qat":
+            from quantize.qat.layers import set_mode
+
+            set_mode(student.backbone, "quant")
+
+    def save() -> None:
+        ck.save_atomic({"phase": phase, "step": step, "model": student.state_dict(),
+                        "optimizer": optimizer.state_dict(), "rng": ck.rng_state(),
+                        "settings": settings.model_dump(mode="json")}, path)
+
+    total = settings.fp32_steps + settings.qat_steps
+    bar = tqdm(total=total, initial=step, desc="distill", disable=not settings.progress, unit="step")
+    log = (out / "distill_log.jsonl").open("a")
+    started = time.monotonic()
+    try:
+        while step < total:
+            if phase == "fp32" and step >= settings.fp32_steps:
+                phase = "qat"
+                student.eval()
+                fold_batchnorm(student.backbone)
+                images = [make_batch(train, batch_indices(len(train), settings.batch, i, settings.seed, 9), None)
+                          ["image"] for i in range(settings.calibration_batches)]
+                calibrate(student.backbone, images)
+                optimizer = _optimizer(student, settings.qat_lr, settings.weight_decay)
+            student.train()
+            idx = batch_indices(len(train), settings.batch, step, settings.seed, 1)
+            batch = make_batch(train, idx, augment_generator(settings.seed, 1, step, 0))
+            terms = _step_loss(student, teacher, batch, weights)
+            optimizer.zero_grad(set_to_none=True)
+            terms["total"].backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            optimizer.step()
+            step += 1
+            bar.update(1)
+            bar.set_postfix(phase=phase, loss=f"{terms['total'].item():.3f}")
+            log.write(json.dumps({"step": step, "phase": phase,
+                                  **{k: round(v.item(), 5) for k, v in terms.items()}}) + "\n")
+            if step % settings.ckpt_every == 0 or step == total:
+                save()
+    finally:
+        bar.close()
+        log.close()
+    print(f"distill: {step} steps in {time.monotonic() - started:.0f} s, checkpoint {path}")
+    return student
+
+
+def summary(rows: dict[str, Evaluation]) -> tuple[str, list[dict[str, Any]]]:
+    """A comparison table (text) and manifest metric entries."""
+    keys = ["macro_au_f1", "au_auc", "fe_accuracy", "uar"]
+    lines = [f"{'model':<16}" + "".join(f"{k:>13}" for k in keys)]
+    metrics = []
+    for name, ev in rows.items():
+        values = ev.values()
+        lines.append(f"{name:<16}" + "".join(f"{values.get(k, float('nan')):>13.4f}" for k in keys))
+        metrics.append({"model": name, "values": values})
+    return "\n".join(lines), metrics
