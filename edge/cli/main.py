@@ -10,8 +10,11 @@ from edge.cli.app import CLIError, build_parser, run
 from edge.config import ConfigError
 
 COMMANDS = (
+    "edge.cli.run_cmd",
     "edge.cli.config_cmd",
     "edge.cli.bundle_cmd",
+    "edge.cli.listen_cmd",
+    "edge.cli.service_cmd",
 )
 
 

@@ -1,0 +1,33 @@
+"""A captured frame and the interface every frame source implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Frame:
+    image: np.ndarray  # HxWx3 uint8 BGR
+    index: int  # per-source counter, from 0 at the first frame after each open
+    timestamp: float  # time.monotonic() at capture
+    source: str  # where it came from (file name for folders and videos, else the URI)
+
+
+class SourceError(RuntimeError):
+    """A source cannot be opened or has failed; the capture thread reconnects on it."""
+
+
+class FrameSource(Protocol):
+    """Blocking reader. `read` returns a frame, None at a clean end (file/folder done), or raises SourceError."""
+
+    description: str
+    live: bool  # a camera/stream: reconnect forever; files end (or loop)
+
+    def open(self) -> None: ...
+
+    def read(self) -> Frame | None: ...
+
+    def close(self) -> None: ...

@@ -1,0 +1,1 @@
+"""Shipped detector weights (see NOTICE.txt); a package so the wheel carries them."""

@@ -1,0 +1,1 @@
+"""The processing pipeline: per-frame processor, the daemon loop, sinks and running statistics."""

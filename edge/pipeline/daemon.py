@@ -1,0 +1,216 @@
+"""The capture daemon: capture thread -> latest-frame slot -> processor -> sinks, under systemd.
+
+Start-up refuses to run on a bad config or bundle (one clear message, exit 2)
+and self-tests the bundle on the real backend. At run time nothing a camera or
+broker does kills the process: sources reconnect, sinks buffer. SIGTERM/SIGINT
+finish the current frame, flush sinks and exit 0; SIGHUP re-reads the config
+and, when the bundle it names has changed, hot-swaps the model between frames.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from edge import __version__
+from edge.bundle import Bundle
+from edge.bundle.default import resolve_bundle
+from edge.capture.reader import CaptureThread
+from edge.capture.sources import open_source
+from edge.config import SensorConfig, load_config
+from edge.pipeline.processor import FrameProcessor
+from edge.pipeline.sinks import JsonlSink, Sink, StdoutSink
+from edge.pipeline.stats import CpuMeter, LatencyWindow, RateMeter, rss_mb, soc_temperature_c
+from edge.runtime.selftest import run_selftest
+from edge.service.notify import Notifier, Watchdog
+
+log = logging.getLogger("affect-sensor")
+
+
+class StartupError(RuntimeError):
+    """The daemon cannot start (bad bundle, failed self-test); exit code 2, no restart loop."""
+
+
+@dataclass
+class RunLimits:
+    max_frames: int | None = None
+    duration_s: float | None = None
+
+
+@dataclass
+class DaemonState:
+    frames: int = 0
+    swaps: int = 0
+    last_swap_gap_ms: float | None = None
+    stop: threading.Event = field(default_factory=threading.Event)
+    reload: threading.Event = field(default_factory=threading.Event)
+
+
+def device_id(config: SensorConfig) -> str:
+    return config.device.id or socket.gethostname().split(".")[0] or "device"
+
+
+def open_processor(config: SensorConfig, *, selftest: bool = True) -> FrameProcessor:
+    bundle = resolve_bundle(config.model.bundle)
+    processor = FrameProcessor(bundle, config, device_id(config))
+    if selftest:
+        result = run_selftest(bundle, processor.backend)
+        log.info("%s: %s", bundle.manifest.name, result)
+        if not result.passed:
+            raise StartupError(f"bundle {bundle.path}: {result}; refusing to run a model that does not "
+                               "reproduce its own golden outputs")
+    return processor
+
+
+class Daemon:
+    def __init__(self, config_path: Path | None, overrides: list[str] | None = None,
+                 limits: RunLimits | None = None, extra_sinks: list[Sink] | None = None) -> None:
+        self.config_path, self.overrides = config_path, list(overrides or [])
+        self.limits = limits if limits is not None else RunLimits()
+        self.config = load_config(config_path, self.overrides)
+        self.state = DaemonState()
+        self.processor = open_processor(self.config)
+        self.sinks: list[Sink] = self._sinks(self.config) + list(extra_sinks or [])
+        self.notifier = Notifier.from_env()
+        self.watchdog = Watchdog.from_env(self.notifier)
+        self.latency = LatencyWindow()
+        self.processed, self.cpu = RateMeter(), CpuMeter()
+
+    @staticmethod
+    def _sinks(config: SensorConfig) -> list[Sink]:
+        sinks: list[Sink] = []
+        if config.sinks.jsonl is not None:
+            sinks.append(JsonlSink(config.sinks.jsonl))
+        if config.sinks.stdout:
+            sinks.append(StdoutSink())
+        return sinks
+
+    @property
+    def bundle(self) -> Bundle:
+        return self.processor.bundle
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, lambda *_: self.state.stop.set())
+        signal.signal(signal.SIGINT, lambda *_: self.state.stop.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.state.reload.set())
+
+    def swap_bundle(self, config: SensorConfig) -> None:
+        """Build and self-test the new processor first; only then replace the old one (between frames)."""
+        started = time.monotonic()
+        try:
+            candidate = open_processor(config)
+        except Exception as exc:  # any failure keeps the running model
+            log.error("bundle swap refused, keeping %s: %s", self.bundle.manifest.name, exc)
+            return
+        old = self.processor
+        self.processor, self.config = candidate, config
+        self.state.swaps += 1
+        self.state.last_swap_gap_ms = (time.monotonic() - started) * 1e3
+        log.info("now running bundle %s %s (build %d), was %s %s; swap took %.0f ms",
+                 candidate.bundle.manifest.name, candidate.bundle.manifest.version, candidate.bundle.manifest.build,
+                 old.bundle.manifest.name, old.bundle.manifest.version, self.state.last_swap_gap_ms)
+
+    def _reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            config = load_config(self.config_path, self.overrides)
+        except Exception as exc:
+            log.error("config reload failed, keeping the running config: %s", exc)
+            self.notifier.ready("reload failed; running the previous config")
+            return
+        try:
+            new_manifest = resolve_bundle(config.model.bundle).manifest
+        except Exception as exc:
+            log.error("config reload: bundle not usable, keeping the running one: %s", exc)
+            new_manifest = None
+        current = self.bundle.manifest
+        changed = new_manifest is not None and (new_manifest.name, new_manifest.build, new_manifest.files) != (
+            current.name, current.build, current.files)
+        if changed or config.model != self.config.model or config.head != self.config.head:
+            self.swap_bundle(config)
+        else:
+            self.config = config
+        self.notifier.ready("reloaded")
+
+    def run(self) -> int:
+        capture = CaptureThread(lambda: open_source(self.config.source), self.config.source).start()
+        started = time.monotonic()
+        next_stats = started + self.config.stats.interval_s
+        reconnects = 0
+        m = self.bundle.manifest
+        self.notifier.ready(f"running {m.name} {m.version} on {self.processor.backend.describe()}")
+        log.info("started: device %s, source %s, bundle %s %s, backend %s, head %s", self.processor.device_id,
+                 self.config.source.uri, m.name, m.version, self.processor.backend.describe(),
+                 self.processor.head.backend)
+        self.watchdog.start()
+        try:
+            while not self.state.stop.is_set():
+                if self.state.reload.is_set():
+                    self.state.reload.clear()
+                    self._reload()
+                frame = capture.slot.get(timeout=0.25)
+                now = time.monotonic()
+                stats = capture.stats()
+                if stats.reconnects != reconnects:
+                    reconnects = stats.reconnects
+                    self.processor.reset_tracks()
+                if frame is None:
+                    if not stats.connected:
+                        self.watchdog.heartbeat()  # waiting for a camera is not a stalled pipeline
+                    if not capture.running and capture.slot.closed:
+                        log.info("source ended")
+                        break
+                else:
+                    self._process(frame)
+                if now >= next_stats:
+                    next_stats = now + self.config.stats.interval_s
+                    self._log_stats(capture, now - started)
+                if self._limits_reached(now - started):
+                    break
+        finally:
+            self.notifier.stopping("stopping")
+            self.watchdog.stop()
+            capture.stop()
+            for sink in self.sinks:
+                sink.close()
+            log.info("stopped after %d frames", self.state.frames)
+        return 0
+
+    def _process(self, frame) -> None:
+        epoch = time.time() - (time.monotonic() - frame.timestamp)
+        result = self.processor.process(frame.image, self.state.frames, frame.timestamp, epoch)
+        self.state.frames += 1
+        self.processed.tick()
+        self.watchdog.heartbeat()
+        for stage, ms in result.stage_ms.items():
+            self.latency.add(stage, ms)
+        self.latency.add("frame", result.record.latency_ms)
+        for sink in self.sinks:
+            sink.write(result.record)
+
+    def _limits_reached(self, elapsed: float) -> bool:
+        lim = self.limits
+        return (lim.max_frames is not None and self.state.frames >= lim.max_frames) or (
+            lim.duration_s is not None and elapsed >= lim.duration_s)
+
+    def stats_snapshot(self, capture: CaptureThread, uptime: float) -> dict:
+        cs = capture.stats()
+        return {
+            "uptime_s": round(uptime, 1), "capture_frames": cs.frames, "processed_frames": self.state.frames,
+            "processed_fps": round(self.processed.rate(), 2), "frames_dropped": cs.dropped,
+            "reconnects": cs.reconnects, "cpu_percent": round(self.cpu.percent(), 1), "rss_mb": round(rss_mb(), 1),
+            "temperature_c": soc_temperature_c(), "latency_ms": self.latency.percentiles(),
+            "software_version": __version__,
+        }
+
+    def _log_stats(self, capture: CaptureThread, uptime: float) -> None:
+        s = self.stats_snapshot(capture, uptime)
+        frame = s["latency_ms"].get("frame", {})
+        log.info("stats: %.1f fps processed, %d dropped, frame latency p50 %s / p95 %s ms, cpu %.0f%%, rss %.0f MB",
+                 s["processed_fps"], s["frames_dropped"], frame.get("p50"), frame.get("p95"), s["cpu_percent"],
+                 s["rss_mb"])

