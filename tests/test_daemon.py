@@ -14,7 +14,6 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pytest
 
 from edge.pipeline.daemon import Daemon, RunLimits
 

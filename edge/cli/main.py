@@ -11,6 +11,8 @@ from edge.config import ConfigError
 
 COMMANDS = (
     "edge.cli.run_cmd",
+    "edge.cli.analyze_cmd",
+    "edge.cli.bench_cmd",
     "edge.cli.config_cmd",
     "edge.cli.bundle_cmd",
     "edge.cli.listen_cmd",
