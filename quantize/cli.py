@@ -8,7 +8,12 @@ from edge.bundle import BundleError
 from edge.cli.app import CLIError, build_parser, run
 from quantize import __version__
 
-COMMANDS = ("quantize.labels_cmd",)
+COMMANDS = (
+    "quantize.labels_cmd",
+    "quantize.teacher_cmd",
+    "quantize.distill_cmd",
+    "quantize.data.contact_sheet",
+)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
