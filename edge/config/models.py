@@ -131,8 +131,8 @@ class MQTTConfig(Section):
     reconnect_max_s: float = Field(default=60.0, gt=0)
     max_inflight: int = Field(default=20, ge=1, le=65535)
     queue_max: int = Field(default=1000, ge=1)
-    buffer_max_messages: int = Field(default=10000, ge=0)
-    buffer_max_bytes: int = Field(default=16 * 1024 * 1024, ge=0)
+    buffer_max_messages: int = Field(default=10000, ge=1)
+    buffer_max_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
     buffer_dir: Path | None = None
     discovery_prefix: str | None = Field(default="homeassistant", pattern=r"^[^#+]+$")
 

@@ -76,10 +76,18 @@ class Daemon:
         self.state = DaemonState()
         self.processor = open_processor(self.config)
         self.sinks: list[Sink] = self._sinks(self.config) + list(extra_sinks or [])
+        self.mqtt = None
+        if self.config.mqtt.enabled:
+            from edge.pipeline.mqtt_sink import MqttSink
+
+            self.mqtt = MqttSink(self.config, self.processor.device_id)
+            self.mqtt.announce(self.bundle.manifest, self.processor.backend.describe())
+            self.sinks.append(self.mqtt)
         self.notifier = Notifier.from_env()
         self.watchdog = Watchdog.from_env(self.notifier)
         self.latency = LatencyWindow()
-        self.processed, self.cpu = RateMeter(), CpuMeter()
+        self.processed, self.captured, self.cpu = RateMeter(), RateMeter(), CpuMeter()
+        self.last_faces = 0
 
     @staticmethod
     def _sinks(config: SensorConfig) -> list[Sink]:
@@ -111,6 +119,8 @@ class Daemon:
         self.processor, self.config = candidate, config
         self.state.swaps += 1
         self.state.last_swap_gap_ms = (time.monotonic() - started) * 1e3
+        if self.mqtt is not None:
+            self.mqtt.announce(candidate.bundle.manifest, candidate.backend.describe())
         log.info("now running bundle %s %s (build %d), was %s %s; swap took %.0f ms",
                  candidate.bundle.manifest.name, candidate.bundle.manifest.version, candidate.bundle.manifest.build,
                  old.bundle.manifest.name, old.bundle.manifest.version, self.state.last_swap_gap_ms)
@@ -186,6 +196,7 @@ class Daemon:
         result = self.processor.process(frame.image, self.state.frames, frame.timestamp, epoch)
         self.state.frames += 1
         self.processed.tick()
+        self.last_faces = len(result.record.faces)
         self.watchdog.heartbeat()
         for stage, ms in result.stage_ms.items():
             self.latency.add(stage, ms)
@@ -200,9 +211,11 @@ class Daemon:
 
     def stats_snapshot(self, capture: CaptureThread, uptime: float) -> dict:
         cs = capture.stats()
+        self.captured.tick(cs.frames - self.captured.count)
         return {
             "uptime_s": round(uptime, 1), "capture_frames": cs.frames, "processed_frames": self.state.frames,
-            "processed_fps": round(self.processed.rate(), 2), "frames_dropped": cs.dropped,
+            "capture_fps": round(self.captured.rate(), 2), "processed_fps": round(self.processed.rate(), 2),
+            "frames_dropped": cs.dropped, "faces": self.last_faces,
             "reconnects": cs.reconnects, "cpu_percent": round(self.cpu.percent(), 1), "rss_mb": round(rss_mb(), 1),
             "temperature_c": soc_temperature_c(), "latency_ms": self.latency.percentiles(),
             "software_version": __version__,
@@ -210,6 +223,8 @@ class Daemon:
 
     def _log_stats(self, capture: CaptureThread, uptime: float) -> None:
         s = self.stats_snapshot(capture, uptime)
+        if self.mqtt is not None:
+            self.mqtt.publish_stats(s, self.processor.bundle_ref)
         frame = s["latency_ms"].get("frame", {})
         log.info("stats: %.1f fps processed, %d dropped, frame latency p50 %s / p95 %s ms, cpu %.0f%%, rss %.0f MB",
                  s["processed_fps"], s["frames_dropped"], frame.get("p50"), frame.get("p95"), s["cpu_percent"],

@@ -24,6 +24,8 @@ class Topics:
         for level in self.prefix.split("/"):
             _check_level(level, "topic prefix level")
         _check_level(self.device, "device id")
+        if self.device == "groups":
+            raise ValueError("device id 'groups' is reserved for group update topics")
 
     @property
     def base(self) -> str:
