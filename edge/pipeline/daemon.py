@@ -30,6 +30,7 @@ from edge.runtime.selftest import run_selftest
 from edge.service.notify import Notifier, Watchdog
 
 log = logging.getLogger("affect-sensor")
+ENGINE_BUILD_ALLOWANCE_S = 900.0
 
 
 class StartupError(RuntimeError):
@@ -74,6 +75,9 @@ class Daemon:
         self.limits = limits if limits is not None else RunLimits()
         self.config = load_config(config_path, self.overrides)
         self.state = DaemonState()
+        self.notifier = Notifier.from_env()
+        if self.config.model.backend != "onnxruntime":
+            self.notifier.extend_timeout(ENGINE_BUILD_ALLOWANCE_S)  # a first TensorRT build can take minutes
         self.processor = open_processor(self.config)
         self.sinks: list[Sink] = self._sinks(self.config) + list(extra_sinks or [])
         self.mqtt = None
@@ -83,7 +87,6 @@ class Daemon:
             self.mqtt = MqttSink(self.config, self.processor.device_id)
             self.mqtt.announce(self.bundle.manifest, self.processor.backend.describe())
             self.sinks.append(self.mqtt)
-        self.notifier = Notifier.from_env()
         self.watchdog = Watchdog.from_env(self.notifier)
         self.latency = LatencyWindow()
         self.processed, self.captured, self.cpu = RateMeter(), RateMeter(), CpuMeter()

@@ -1,0 +1,1 @@
+"""Heterogeneous SSM training: AU and expression batches in one step, DDP-ready, exactly resumable."""
