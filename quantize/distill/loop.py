@@ -125,8 +125,9 @@ def _step_loss(student: StudentSSM, teacher: SSMTeacher, batch: dict[str, torch.
 
 
 def distill(teacher: SSMTeacher, train: FaceArrays, settings: DistillSettings, out: Path,
-            weights: DistillWeights = DistillWeights(), resume: bool = True) -> StudentSSM:
+            weights: DistillWeights | None = None, resume: bool = True) -> StudentSSM:
     """Run (or resume) both phases; returns the student in fake-quant mode when qat_steps > 0."""
+    weights = weights if weights is not None else DistillWeights()
     out.mkdir(parents=True, exist_ok=True)
     teacher.eval()
     for p in teacher.parameters():
