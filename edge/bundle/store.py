@@ -28,6 +28,7 @@ from edge.bundle.manifest import (
     Manifest,
     check_relative_name,
 )
+from edge.fsutil import fsync_dir
 
 
 class BundleError(ValueError):
@@ -44,14 +45,6 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_synced(path: Path, data: bytes) -> None:

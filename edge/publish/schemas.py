@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from edge.fsutil import atomic_write
 from edge.publish import payloads as p
 
 SCHEMA_BASE_URI = "https://affect-sensor.invalid/schemas/v1/"
@@ -53,10 +52,7 @@ def write_all(directory: Path) -> list[Path]:
     written = []
     for kind in MODELS:
         target = directory / f"{kind}.json"
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{kind}.", suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(render(kind))
-        os.replace(tmp, target)
+        atomic_write(target, render(kind).encode("utf-8"))
         written.append(target)
     return written
 

@@ -8,11 +8,11 @@ mid-build leaves either no engine or a whole one.
 
 from __future__ import annotations
 
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from edge.fsutil import atomic_write
 
 
 @dataclass(frozen=True)
@@ -34,25 +34,6 @@ class EngineKey:
         return f"trt{self.tensorrt}-sm{self.compute_capability.replace('.', '')}-{self.onnx_sha256[:16]}"
 
 
-def atomic_write(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 class EngineCache:
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
@@ -72,6 +53,7 @@ class EngineCache:
         if not engine:
             raise ValueError("refusing to cache an empty engine")
         path = self.engine_path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, engine)
         return path
 
@@ -81,4 +63,5 @@ class EngineCache:
 
     def store_timing(self, key: EngineKey, data: bytes) -> None:
         if data:
+            self.root.mkdir(parents=True, exist_ok=True)
             atomic_write(self.timing_cache_path(key), data)

@@ -18,10 +18,11 @@ from __future__ import annotations
 
 import os
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path, PurePosixPath
+
+from edge.fsutil import atomic_write
 
 SERVICE = "affect-sensor.service"
 UPDATE_SERVICE = "affect-sensor-update.service"
@@ -222,25 +223,9 @@ def _make_dirs(path: Path, mode: int) -> None:
 
 
 def _atomic_write(path: Path, data: bytes, mode: int) -> None:
-    """Temp file in the same directory, fsync, rename: a crash leaves the old file or the new one."""
     if not path.parent.exists():
         _make_dirs(path.parent, 0o755)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    atomic_write(path, data, mode)
 
 
 def next_steps(root: Path) -> list[str]:
