@@ -11,7 +11,6 @@ import contextlib
 import os
 import platform
 import time
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +18,7 @@ import numpy as np
 
 from edge.bundle import Bundle
 from edge.pipeline.processor import FrameProcessor
-from edge.pipeline.stats import rss_mb
+from edge.pipeline.stats import rss_mb, summarize
 
 
 def machine() -> dict[str, Any]:
@@ -39,12 +38,6 @@ def machine() -> dict[str, Any]:
         gpu = Path("/proc/device-tree/model").read_text().strip("\x00\n") or None
     return {"cpu": cpu, "cores": os.cpu_count(), "gpu": gpu, "python": platform.python_version(),
             "numpy": np.__version__, "onnxruntime": onnxruntime.__version__, "opencv": cv2.__version__}
-
-
-def _summary(samples_ms: Iterable[float]) -> dict[str, float]:
-    arr = np.fromiter(samples_ms, dtype=np.float64)
-    p50, p95, p99 = np.percentile(arr, [50, 95, 99])
-    return {"mean": float(arr.mean()), "p50": float(p50), "p95": float(p95), "p99": float(p99), "n": len(arr)}
 
 
 def bench_lowerings(bundle: Bundle, threads: int, batch: int = 1, iterations: int = 200) -> dict[str, Any]:
@@ -73,7 +66,7 @@ def bench_lowerings(bundle: Bundle, threads: int, batch: int = 1, iterations: in
             times[role].append((time.perf_counter() - start) * 1e3)
     out: dict[str, Any] = {"batch": batch, "threads": threads, "graphs": {}}
     for role, (_session, path) in sessions.items():
-        out["graphs"][role] = {"file": path.name, "bytes": path.stat().st_size, **_summary(times[role])}
+        out["graphs"][role] = {"file": path.name, "bytes": path.stat().st_size, **summarize(times[role])}
     if {"onnx_cpu", "onnx_fp32"} <= set(times):
         out["int8_speedup_vs_fp32"] = out["graphs"]["onnx_fp32"]["p50"] / out["graphs"]["onnx_cpu"]["p50"]
     trt = bundle.role("onnx_tensorrt")
@@ -95,12 +88,12 @@ def bench_pipeline(processor: FrameProcessor, frames: list[np.ndarray], decode_m
         for stage, ms in result.stage_ms.items():
             stages.setdefault(stage, []).append(ms)
     elapsed = time.perf_counter() - started
-    table = {stage: _summary(values) for stage, values in stages.items()}
+    table = {stage: summarize(values) for stage, values in stages.items()}
     if decode_ms:
-        table = {"capture": _summary(decode_ms), **table}
+        table = {"capture": summarize(decode_ms), **table}
     return {
         "frames": len(frames), "processed_fps": len(frames) / elapsed, "faces_per_frame": float(np.mean(faces)),
-        "frame_ms": _summary(frame_ms), "stages_ms": table, "rss_mb": rss_mb(),
+        "frame_ms": summarize(frame_ms), "stages_ms": table, "rss_mb": rss_mb(),
         "size": f"{frames[0].shape[1]}x{frames[0].shape[0]}",
     }
 

@@ -15,7 +15,7 @@ from edge.bundle import Bundle
 from edge.config.models import SensorConfig
 from edge.head.params import load_head_params
 from edge.head.runner import HeadRunner, select_head
-from edge.head.smoothing import NO_SLOT, SmoothingSpec, TrackSlots
+from edge.head.smoothing import SmoothingSpec, TrackSlots
 from edge.publish.payloads import BundleRef, ResultRecord, face_result, result_record
 from edge.runtime.backend import Backend
 from edge.runtime.preprocess import to_tensor
@@ -91,5 +91,3 @@ class FrameProcessor:
         for track_id in self.front.reset():
             self.slots.release(track_id)
 
-
-__all__ = ["NO_SLOT", "STAGES", "FrameProcessor", "FrameResult"]

@@ -10,12 +10,21 @@ import os
 import resource
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 WINDOW = 1000
+
+
+def summarize(samples_ms: Iterable[float]) -> dict[str, float]:
+    """Mean, p50/p95/p99, max and count of a latency sample (ms)."""
+    arr = np.fromiter(samples_ms, dtype=np.float64)
+    p50, p95, p99 = np.percentile(arr, [50, 95, 99])
+    return {"mean": float(arr.mean()), "p50": float(p50), "p95": float(p95), "p99": float(p99),
+            "max": float(arr.max()), "n": len(arr)}
 
 
 @dataclass
@@ -30,10 +39,8 @@ class LatencyWindow:
         out = {}
         for stage, values in self.samples.items():
             if values:
-                arr = np.fromiter(values, dtype=np.float64)
-                p50, p95, p99 = np.percentile(arr, [50, 95, 99])
-                out[stage] = {"p50": round(float(p50), 3), "p95": round(float(p95), 3),
-                              "p99": round(float(p99), 3), "max": round(float(arr.max()), 3)}
+                s = summarize(values)
+                out[stage] = {k: round(s[k], 3) for k in ("p50", "p95", "p99", "max")}
         return out
 
 

@@ -287,16 +287,16 @@ def london_photo_samples(
     smile_mask = _ALL.copy()
     for n in (7, 10, 14, 25, 26):
         smile_mask[au_column(n)] = False
+
+    def crop(photo: np.ndarray, points: np.ndarray) -> np.ndarray:
+        matrix = similarity_matrix(five_points(points), tpl)
+        return cv2.warpAffine(photo, matrix, (crop_size, crop_size), flags=cv2.INTER_AREA,
+                              borderMode=cv2.BORDER_REPLICATE)
+
     out = []
     for person in persons:
         p = faces.person(person)
-        img = cv2.warpAffine(
-            p.neutral,
-            similarity_matrix(five_points(p.points), tpl),
-            (crop_size, crop_size),
-            flags=cv2.INTER_AREA,
-            borderMode=cv2.BORDER_REPLICATE,
-        )
+        img = crop(p.neutral, p.points)
         out.append(
             FaceSample(
                 img,
@@ -308,13 +308,7 @@ def london_photo_samples(
             )
         )
         if p.smiling is not None and p.smiling_points is not None:
-            img = cv2.warpAffine(
-                p.smiling,
-                similarity_matrix(five_points(p.smiling_points), tpl),
-                (crop_size, crop_size),
-                flags=cv2.INTER_AREA,
-                borderMode=cv2.BORDER_REPLICATE,
-            )
+            img = crop(p.smiling, p.smiling_points)
             out.append(
                 FaceSample(
                     img,
