@@ -50,8 +50,10 @@ def _examples() -> dict[str, p.Payload]:
         "stats": p.stats_payload("cam-01", 12.5, 30.0, 14.9, 3, 2,
                                  {"detect": p.LatencyStats(p50=4.0, p95=6.5, p99=8.0, max=9.0)}, 51.5, mqtt),
         "update_desired": p.UpdateDesired(**p.stamp(), bundle=BUNDLE, url="https://example.invalid/b.tar",
-                                          sha256="ab" * 32, size=1234),
-        "update_state": p.UpdateState(**p.stamp(), device="cam-01", state="active", current=BUNDLE, desired=None),
+                                          sha256="ab" * 32, size=1234, target="group:lab", key_id="0123456789abcdef",
+                                          signature="c2ln"),
+        "update_state": p.UpdateState(**p.stamp(), device="cam-01", state="rolled_back", current=BUNDLE,
+                                      desired=BUNDLE, reason="unhealthy", message="no frames after the switch"),
     }
 
 

@@ -14,23 +14,14 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
+
+from edge.cli.mqtt_args import add_mqtt_args, mqtt_config
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("listen", help="print a live table of devices and their latest results (MQTT subscriber)")
-    p.add_argument("--config", type=Path, help="device TOML whose [mqtt] section to use (host, TLS, credentials)")
-    p.add_argument("--host", help="broker host (overrides the config)")
-    p.add_argument("--port", type=int, help="broker port (overrides the config)")
-    p.add_argument("--prefix", help="topic prefix (default: the config's, else 'affect')")
-    p.add_argument("--protocol", choices=["3.1.1", "5"], help="MQTT protocol version")
-    p.add_argument("--username", help="broker user")
-    secret = p.add_mutually_exclusive_group()
-    secret.add_argument("--password-file", type=Path, metavar="PATH", help="read the password from this file")
-    secret.add_argument("--password-env", metavar="VAR", help="read the password from this environment variable")
-    p.add_argument("--tls", action="store_true", help="connect with TLS")
-    p.add_argument("--ca-file", type=Path, help="CA bundle for the broker certificate (implies --tls)")
+    add_mqtt_args(p)
     p.add_argument("--once", action="store_true", help="collect for --wait seconds, print one table, exit")
     p.add_argument("--wait", type=float, default=2.0, help="seconds to collect before --once prints (default 2)")
     p.add_argument("--duration", type=float, help="stop after this many seconds (default: until Ctrl-C)")
@@ -101,32 +92,12 @@ def render_table(devices: dict[str, DeviceView], now_ms: int) -> str:
     return "\n".join(lines)
 
 
-def _mqtt_config(args: argparse.Namespace):
-    from edge.cli.app import CLIError
-    from edge.config import load_config
-    from edge.config.models import MQTTConfig
-
-    base = load_config(args.config).mqtt if args.config else MQTTConfig()
-    data = base.model_dump()
-    for key in ("host", "port", "prefix", "protocol", "username"):
-        if getattr(args, key) is not None:
-            data[key] = getattr(args, key)
-    if args.password_file or args.password_env:
-        data["password"] = {"file": args.password_file} if args.password_file else {"env": args.password_env}
-    if args.tls or args.ca_file:
-        data["tls"] = {**data["tls"], "enabled": True, **({"ca_file": args.ca_file} if args.ca_file else {})}
-    try:
-        return MQTTConfig.model_validate(data)
-    except ValueError as exc:
-        raise CLIError(f"listen options: {exc}") from None
-
-
 def _listen(args: argparse.Namespace) -> int:
     from edge.cli.app import CLIError
     from edge.publish.client import PublisherError, build_client, connect_async
     from edge.publish.topics import all_devices
 
-    config = _mqtt_config(args)
+    config = mqtt_config(args, "listen")
     try:
         client = build_client(config, f"affect-listen-{socket.gethostname()[:32]}-{os.getpid()}")
     except PublisherError as exc:

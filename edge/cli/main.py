@@ -17,6 +17,8 @@ COMMANDS = (
     "edge.cli.bundle_cmd",
     "edge.cli.listen_cmd",
     "edge.cli.service_cmd",
+    "edge.cli.fleet_cmd",
+    "edge.cli.update_agent_cmd",
 )
 
 

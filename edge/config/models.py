@@ -155,13 +155,19 @@ class StatsConfig(Section):
 
 
 class UpdateConfig(Section):
+    """Fleet updates (docs/fleet.md). When enabled, the daemon runs `<bundles_dir>/current` and follows it."""
+
     enabled: bool = False
     bundles_dir: Path = Path("/var/lib/affect-sensor/bundles")
     trusted_keys_dir: Path = Path("/etc/affect-sensor/keys")
     keep: int = Field(default=3, ge=2, le=50)
     max_download_bytes: int = Field(default=256 * 1024 * 1024, ge=1)
     download_timeout_s: float = Field(default=60.0, gt=0)
+    allow_http: bool = Field(default=False, description="plain-http bundle URLs (integrity still from signatures)")
+    health_file: Path = Path("/run/affect-sensor/health.json")
     health_window_s: float = Field(default=20.0, ge=0)
+    health_min_frames: int = Field(default=10, ge=0)
+    swap_timeout_s: float = Field(default=120.0, gt=0)
 
 
 class SensorConfig(Section):
@@ -174,3 +180,10 @@ class SensorConfig(Section):
     sinks: SinksConfig = SinksConfig()
     stats: StatsConfig = StatsConfig()
     update: UpdateConfig = UpdateConfig()
+
+    @model_validator(mode="after")
+    def _one_bundle_owner(self) -> SensorConfig:
+        if self.update.enabled and self.model.bundle is not None:
+            raise ValueError("model.bundle must be unset when update.enabled is true: the update agent "
+                             "decides the bundle (<update.bundles_dir>/current)")
+        return self

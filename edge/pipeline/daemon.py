@@ -5,11 +5,17 @@ and self-tests the bundle on the real backend. At run time nothing a camera or
 broker does kills the process: sources reconnect, sinks buffer. SIGTERM/SIGINT
 finish the current frame, flush sinks and exit 0; SIGHUP re-reads the config
 and, when the bundle it names has changed, hot-swaps the model between frames.
+With fleet updates on, the daemon runs `<update.bundles_dir>/current`, follows
+that link when the update agent moves it, and writes a health report the agent
+watches (docs/fleet.md). A new model is loaded and self-tested on a worker
+thread while the old one keeps processing, so a swap pauses the frame loop
+only for the pointer change.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import threading
@@ -23,6 +29,8 @@ from edge.bundle.default import resolve_bundle
 from edge.capture.reader import CaptureThread
 from edge.capture.sources import open_source
 from edge.config import SensorConfig, load_config
+from edge.fleet.health import REPORT_INTERVAL_S, HealthReport, write_report
+from edge.fleet.store import BundleStore
 from edge.pipeline.processor import FrameProcessor
 from edge.pipeline.sinks import JsonlSink, Sink, StdoutSink
 from edge.pipeline.stats import CpuMeter, LatencyWindow, RateMeter, rss_mb, soc_temperature_c
@@ -46,8 +54,11 @@ class RunLimits:
 @dataclass
 class DaemonState:
     frames: int = 0
+    invalid_outputs: int = 0
     swaps: int = 0
     last_swap_gap_ms: float | None = None
+    swap_error: str | None = None
+    swap_error_dir: str | None = None
     stop: threading.Event = field(default_factory=threading.Event)
     reload: threading.Event = field(default_factory=threading.Event)
 
@@ -56,8 +67,21 @@ def device_id(config: SensorConfig) -> str:
     return config.device.id or socket.gethostname().split(".")[0] or "device"
 
 
-def open_processor(config: SensorConfig, *, selftest: bool = True) -> FrameProcessor:
-    bundle = resolve_bundle(config.model.bundle)
+def bundle_dir(config: SensorConfig) -> Path | None:
+    """`model.bundle`; with fleet updates, the store's `current` (seeded with the built-in default on first start)."""
+    if not config.update.enabled:
+        return config.model.bundle
+    store = BundleStore(config.update.bundles_dir)
+    current = store.current_dir()
+    if current is None:
+        store.seed(resolve_bundle(None))
+        current = store.current_dir()
+    return current
+
+
+def open_processor(config: SensorConfig, path: Path | None = None, *, selftest: bool = True) -> FrameProcessor:
+    """A processor for `path`, or for the bundle the config names; self-tested on its real backend."""
+    bundle = resolve_bundle(path if path is not None else bundle_dir(config))
     processor = FrameProcessor(bundle, config, device_id(config))
     if selftest:
         result = run_selftest(bundle, processor.backend)
@@ -66,6 +90,25 @@ def open_processor(config: SensorConfig, *, selftest: bool = True) -> FrameProce
             raise StartupError(f"bundle {bundle.path}: {result}; refusing to run a model that does not "
                                "reproduce its own golden outputs")
     return processor
+
+
+class SwapWorker:
+    """Loads and self-tests a candidate bundle off the frame loop, so the old model keeps running meanwhile."""
+
+    def __init__(self, config: SensorConfig, path: Path | None) -> None:
+        self.config, self.path = config, path
+        self.processor: FrameProcessor | None = None
+        self.error: Exception | None = None
+        self.done = threading.Event()
+        threading.Thread(target=self._run, name="bundle-swap", daemon=True).start()
+
+    def _run(self) -> None:
+        try:
+            self.processor = open_processor(self.config, self.path)
+        except Exception as exc:  # any failure keeps the running model
+            self.error = exc
+        finally:
+            self.done.set()
 
 
 class Daemon:
@@ -79,6 +122,12 @@ class Daemon:
         if self.config.model.backend != "onnxruntime":
             self.notifier.extend_timeout(ENGINE_BUILD_ALLOWANCE_S)  # a first TensorRT build can take minutes
         self.processor = open_processor(self.config)
+        self.store = BundleStore(self.config.update.bundles_dir) if self.config.update.enabled else None
+        self.followed = self.bundle.path  # the link target last acted on
+        self.swapper: SwapWorker | None = None
+        self.queued_swap: tuple[SensorConfig, Path | None] | None = None
+        self.last_frame_end: float | None = None
+        self.swap_mark: float | None = None
         self.sinks: list[Sink] = self._sinks(self.config) + list(extra_sinks or [])
         self.mqtt = None
         if self.config.mqtt.enabled:
@@ -110,23 +159,61 @@ class Daemon:
         signal.signal(signal.SIGINT, lambda *_: self.state.stop.set())
         signal.signal(signal.SIGHUP, lambda *_: self.state.reload.set())
 
-    def swap_bundle(self, config: SensorConfig) -> None:
-        """Build and self-test the new processor first; only then replace the old one (between frames)."""
-        started = time.monotonic()
-        try:
-            candidate = open_processor(config)
-        except Exception as exc:  # any failure keeps the running model
-            log.error("bundle swap refused, keeping %s: %s", self.bundle.manifest.name, exc)
+    def request_swap(self, config: SensorConfig, path: Path | None) -> None:
+        """Start loading `path` (or the config's bundle) in the background; one at a time, the latest wins."""
+        if self.swapper is not None:
+            self.queued_swap = (config, path)
+        else:
+            self.swapper = SwapWorker(config, path)
+
+    def _finish_swap(self) -> None:
+        worker = self.swapper
+        if worker is None or not worker.done.is_set():
             return
-        old = self.processor
-        self.processor, self.config = candidate, config
-        self.state.swaps += 1
-        self.state.last_swap_gap_ms = (time.monotonic() - started) * 1e3
-        if self.mqtt is not None:
-            self.mqtt.announce(candidate.bundle.manifest, candidate.backend.describe())
-        log.info("now running bundle %s %s (build %d), was %s %s; swap took %.0f ms",
-                 candidate.bundle.manifest.name, candidate.bundle.manifest.version, candidate.bundle.manifest.build,
-                 old.bundle.manifest.name, old.bundle.manifest.version, self.state.last_swap_gap_ms)
+        self.swapper = None
+        if worker.processor is None:
+            where = str(worker.path) if worker.path is not None else "configured bundle"
+            log.error("bundle swap refused, keeping %s: %s", self.bundle.manifest.name, worker.error)
+            self.state.swap_error, self.state.swap_error_dir = str(worker.error), where
+        else:
+            old, candidate = self.processor, worker.processor
+            self.processor, self.config = candidate, worker.config
+            self.state.swaps += 1
+            self.state.swap_error = self.state.swap_error_dir = None
+            self.swap_mark = self.last_frame_end if self.last_frame_end is not None else time.monotonic()
+            if self.mqtt is not None:
+                self.mqtt.announce(candidate.bundle.manifest, candidate.backend.describe())
+            m = candidate.bundle.manifest
+            log.info("now running bundle %s %s (build %d) from %s, was %s %s", m.name, m.version, m.build,
+                     candidate.bundle.path, old.bundle.manifest.name, old.bundle.manifest.version)
+        if self.queued_swap is not None:
+            config, path = self.queued_swap
+            self.queued_swap = None
+            self.request_swap(config, path)
+
+    def _follow_link(self) -> None:
+        """Fleet updates: the agent moved `current`; load what it points to now."""
+        assert self.store is not None
+        try:
+            target = self.store.current_dir()
+        except Exception as exc:
+            log.error("cannot read the bundle store's current link: %s", exc)
+            return
+        if target is not None and target != self.followed:
+            self.followed = target
+            log.info("update agent switched current to %s; loading it", target.name)
+            self.request_swap(self.config, target)
+
+    def _write_health(self) -> None:
+        s = self.state
+        report = HealthReport(
+            pid=os.getpid(), ts=time.time(), bundle_dir=str(self.bundle.path), build=self.bundle.manifest.build,
+            frames=s.frames, invalid_outputs=s.invalid_outputs, swap_error=s.swap_error,
+            swap_error_dir=s.swap_error_dir, last_swap_gap_ms=s.last_swap_gap_ms)
+        try:
+            write_report(self.config.update.health_file, report)
+        except OSError as exc:
+            log.warning("cannot write the health report %s: %s", self.config.update.health_file, exc)
 
     def _reload(self) -> None:
         self.notifier.reloading()
@@ -137,8 +224,9 @@ class Daemon:
             self.notifier.ready("reload failed; running the previous config")
             return
         try:
-            # Only to see whether it changed: swap_bundle verifies every hash before using it.
-            new_manifest = resolve_bundle(config.model.bundle, verify_hashes=False).manifest
+            path = bundle_dir(config)
+            # Only to see whether it changed: the swap verifies every hash before using it.
+            new_manifest = resolve_bundle(path, verify_hashes=False).manifest
         except Exception as exc:
             log.error("config reload: bundle not usable, keeping the running one: %s", exc)
             new_manifest = None
@@ -146,7 +234,7 @@ class Daemon:
         changed = new_manifest is not None and (new_manifest.name, new_manifest.build, new_manifest.files) != (
             current.name, current.build, current.files)
         if changed or config.model != self.config.model or config.head != self.config.head:
-            self.swap_bundle(config)
+            self.request_swap(config, None)
         else:
             self.config = config
         self.notifier.ready("reloaded")
@@ -155,6 +243,7 @@ class Daemon:
         capture = CaptureThread(lambda: open_source(self.config.source), self.config.source).start()
         started = time.monotonic()
         next_stats = started + self.config.stats.interval_s
+        next_health = started
         reconnects = 0
         m = self.bundle.manifest
         self.notifier.ready(f"running {m.name} {m.version} on {self.processor.backend.describe()}")
@@ -167,6 +256,11 @@ class Daemon:
                 if self.state.reload.is_set():
                     self.state.reload.clear()
                     self._reload()
+                self._finish_swap()
+                if self.store is not None and time.monotonic() >= next_health:
+                    next_health = time.monotonic() + REPORT_INTERVAL_S
+                    self._follow_link()
+                    self._write_health()
                 frame = capture.slot.get(timeout=0.25)
                 now = time.monotonic()
                 stats = capture.stats()
@@ -199,6 +293,12 @@ class Daemon:
         epoch = time.time() - (time.monotonic() - frame.timestamp)
         result = self.processor.process(frame.image, self.state.frames, frame.timestamp, epoch)
         self.state.frames += 1
+        self.state.invalid_outputs += result.invalid
+        done = time.monotonic()
+        if self.swap_mark is not None:  # first frame on the new model: how long did processing pause?
+            self.state.last_swap_gap_ms = (done - self.swap_mark) * 1e3
+            self.swap_mark = None
+        self.last_frame_end = done
         self.processed.tick()
         self.last_faces = len(result.record.faces)
         self.watchdog.heartbeat()

@@ -30,6 +30,7 @@ class FrameResult:
     record: ResultRecord
     faces: FrameFaces
     stage_ms: dict[str, float] = field(default_factory=dict)
+    invalid: int = 0  # faces dropped because the model gave non-finite outputs
 
 
 class FrameProcessor:
@@ -63,6 +64,7 @@ class FrameProcessor:
             self.slots.release(track_id)
         stage = {"detect": faces.times.detect_ms, "track": faces.times.track_ms, "align": faces.times.align_ms}
         entries = []
+        invalid = 0
         if faces.faces:
             crops = [face.crop for face in faces.faces]
             t0 = time.perf_counter()
@@ -78,13 +80,17 @@ class FrameProcessor:
             out = self.head.run(np.concatenate(fs), np.concatenate(gs), slots, fresh)
             t2 = time.perf_counter()
             stage.update(infer=(t1 - t0) * 1e3, head=(t2 - t1) * 1e3)
+            finite = np.isfinite(out.au_prob).all(axis=1) & np.isfinite(out.fe_prob).all(axis=1)
+            invalid = int((~finite).sum())
             for i, face in enumerate(faces.faces):
+                if not finite[i]:  # a broken model must not reach dashboards; the health report counts it
+                    continue
                 x1, y1, x2, y2 = (float(v) for v in face.box)
                 entries.append(face_result(face.track_id, (x1, y1, x2 - x1, y2 - y1), face.score, self.labels,
                                            out.au_prob[i], out.au_active[i], out.fe_prob[i]))
         latency = (time.monotonic() - start) * 1e3
         record = result_record(self.device_id, self.bundle_ref, frame_id, entries, latency, epoch_s)
-        return FrameResult(record, faces, stage)
+        return FrameResult(record, faces, stage, invalid)
 
     def reset_tracks(self) -> None:
         """After a camera reconnect: forget tracks and free their smoothing slots."""

@@ -305,20 +305,44 @@ def stats_payload(
 # ---------------------------------------------------------------- fleet updates
 
 
-class UpdateDesired(Stamped):
-    """Retained on `<device>/update/desired` or `groups/<group>/update/desired`; the device fetches and verifies."""
+UPDATE_STATES = ("idle", "downloading", "verifying", "building_engine", "self_testing", "activating",
+                 "health_check", "active", "failed", "rolled_back")
+UpdateStateName = Literal["idle", "downloading", "verifying", "building_engine", "self_testing", "activating",
+                          "health_check", "active", "failed", "rolled_back"]
+# Why an update was refused or undone; one stable code per failure class (docs/fleet.md).
+UpdateReason = Literal[
+    "bad_document", "bad_signature", "unknown_key", "expired", "older_build", "too_large", "download_failed",
+    "hash_mismatch", "unsafe_archive", "bad_bundle", "mismatch", "engine_build_failed", "selftest_failed",
+    "unhealthy", "internal_error",
+]
 
+
+class UpdateDesired(Stamped):
+    """Retained on `<device>/update/desired` or `groups/<group>/update/desired`, signed by an operator key.
+
+    The signature covers the canonical JSON of every other field (edge.fleet.signing);
+    a device acts only on a document signed by a key it trusts, and of two
+    documents (device and group) it follows the one issued last.
+    """
+
+    target: str = Field(min_length=1, max_length=80, description="'device:<id>' or 'group:<name>'")
     bundle: BundleRef
-    url: str = Field(min_length=1, description="https:// or file:// location of the bundle .tar")
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    size: int = Field(ge=1)
+    url: str = Field(min_length=1, description="https://, http:// (if allowed) or file:// location of the .tar")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="of the .tar")
+    size: int = Field(ge=1, description="of the .tar, bytes")
+    allow_downgrade: bool = Field(default=False, description="operator-signed permission to go to a lower build")
+    expires_ms: int | None = Field(default=None, ge=0, description="ignore this document after this instant")
+    key_id: str = Field(pattern=r"^[0-9a-f]{16}$", description="id of the Ed25519 key that signed it")
+    signature: str = Field(min_length=1, description="base64 Ed25519 signature")
 
 
 class UpdateState(Stamped):
     """Retained report of the device's update state machine."""
 
     device: str = Field(min_length=1)
-    state: Literal["idle", "downloading", "verifying", "installing", "testing", "active", "rolled_back", "failed"]
+    state: UpdateStateName
     current: BundleRef | None
     desired: BundleRef | None
+    reason: UpdateReason | None = Field(default=None, description="set with failed / rolled_back")
     message: str = ""
+    progress: float | None = Field(default=None, ge=0, le=1, description="download progress")

@@ -1,0 +1,350 @@
+"""The device update agent's state machine: desired document in, verified bundle active (or refused) out.
+
+    idle -> downloading -> verifying -> [building_engine] -> self_testing -> activating
+         -> health_check -> active                 (or failed / rolled_back, with a reason code)
+
+Everything before `activating` happens beside the running bundle, in the
+store's staging area; `activating` is one atomic rename of the `current` link,
+recorded first in the journal so that an agent killed during the health check
+resumes it after a restart, and rolls back if the daemon is not healthy. The
+transport (MQTT) is outside this module: `handle()` takes the raw document and
+`report` publishes states, which keeps the machine testable on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from edge.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME
+from edge.bundle.store import Bundle, BundleError, read_bundle
+from edge.config.models import SensorConfig
+from edge.fleet.archive import ArchiveError, unpack
+from edge.fleet.download import DownloadError, DownloadSpec, fetch
+from edge.fleet.health import HealthReport, process_alive, read_report
+from edge.fleet.signing import SignatureError, load_trusted_keys, verify_document, verify_manifest
+from edge.fleet.store import BundleStore, Refusal, Trial
+from edge.publish.payloads import BundleRef, UpdateDesired, UpdateState, stamp
+
+log = logging.getLogger("affect-sensor.update")
+PAUSE_ENV = "AFFECT_SENSOR_AGENT_PAUSE"  # test hook: "<state>:<seconds>" sleeps after reporting <state>
+TRANSIENT = frozenset({"download_failed"})  # retried later; every other refusal is final for that document
+HEALTH_STALE_S = 5.0
+
+
+class UpdateFailed(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        self.code = code
+        super().__init__(message)
+
+
+def document_id(doc: UpdateDesired) -> str:
+    """Identity of one signed document: a re-signed document (e.g. with allow_downgrade) is a new decision."""
+    return hashlib.sha256(doc.signature.encode()).hexdigest()[:32]
+
+
+def ref(manifest_or_doc) -> BundleRef:
+    b = getattr(manifest_or_doc, "bundle", manifest_or_doc)
+    return BundleRef(name=b.name, version=b.version, build=b.build)
+
+
+@dataclass
+class UpdateAgent:
+    config: SensorConfig
+    device: str
+    report_fn: Callable[[UpdateState], None]
+    clock: Callable[[], float] = time.time
+    store: BundleStore = field(init=False)
+    docs: dict[str, UpdateDesired] = field(default_factory=dict)  # by topic
+    last_state: UpdateState | None = None
+
+    def __post_init__(self) -> None:
+        self.store = BundleStore(self.config.update.bundles_dir)
+
+    # ------------------------------------------------------------ reporting
+
+    def report(self, state: str, desired: UpdateDesired | None = None, reason: str | None = None,
+               message: str = "", progress: float | None = None) -> None:
+        try:
+            current = self.store.current_dir()
+            manifest = read_bundle(current, verify_hashes=False).manifest if current is not None else None
+        except BundleError:
+            manifest = None
+        self.last_state = UpdateState(**stamp(), device=self.device, state=state,  # type: ignore[arg-type]
+                                      current=ref(manifest) if manifest else None,
+                                      desired=desired.bundle if desired else None, reason=reason,  # type: ignore[arg-type]
+                                      message=message[:500], progress=progress)
+        self.report_fn(self.last_state)
+        if state not in ("downloading",) or progress in (None, 0.0):
+            log.info("update state %s%s%s", state, f" ({reason})" if reason else "", f": {message}" if message else "")
+        pause = os.environ.get(PAUSE_ENV, "")
+        if pause.startswith(f"{state}:"):
+            time.sleep(float(pause.split(":", 1)[1]))
+
+    # ------------------------------------------------------------ start-up
+
+    def start(self) -> None:
+        """Seed the store if empty, finish or undo a switch a crash interrupted, clear stale staging."""
+        from edge.bundle.default import resolve_bundle
+
+        self.store.prepare()
+        if self.store.current_dir() is None:
+            self.store.seed(resolve_bundle(None))
+        journal = self.store.journal()
+        trial = journal.trial
+        if trial is not None:
+            candidate = self.store.root / trial.candidate
+            if self.store.current_dir() == candidate:
+                log.info("resuming the health check of %s after a restart", trial.candidate)
+                self._confirm_or_roll_back(trial, None)
+            else:  # killed before the switch: nothing changed
+                journal.trial = None
+                self.store.write_journal(journal)
+        self.store.clear_staging(keep={p.name for p in self.store.staging.glob("*.part")})
+        self.report("idle")
+
+    # ------------------------------------------------------------ documents
+
+    def handle(self, topic: str, raw: bytes) -> None:
+        """A retained desired document arrived (empty: cleared). Acts on the newest one it trusts."""
+        if not raw:
+            self.docs.pop(topic, None)
+            return
+        try:
+            doc = self._parse(raw)
+        except UpdateFailed as exc:
+            log.error("desired document on %s refused: %s", topic, exc)
+            self.report("failed", None, exc.code, f"{topic}: {exc}")
+            return
+        self.docs[topic] = doc
+        newest = max(self.docs.values(), key=lambda d: d.ts_ms)
+        self.apply(newest)
+
+    def _parse(self, raw: bytes) -> UpdateDesired:
+        try:
+            data = json.loads(raw)
+            if not isinstance(data, dict):
+                raise ValueError("not a JSON object")
+        except ValueError as exc:
+            raise UpdateFailed("bad_document", f"not a JSON document ({exc})") from None
+        try:
+            keys = load_trusted_keys(self.config.update.trusted_keys_dir)
+        except ValueError as exc:
+            raise UpdateFailed("unknown_key", str(exc)) from None
+        try:
+            verify_document(keys, data)
+        except SignatureError as exc:
+            raise UpdateFailed(exc.code, str(exc)) from None
+        try:
+            doc = UpdateDesired.model_validate(data)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise UpdateFailed("bad_document", f"{'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        kind, _, name = doc.target.partition(":")
+        if (kind, name) not in (("device", self.device), ("group", self.config.device.group)):
+            raise UpdateFailed("bad_document", f"document targets {doc.target}, not this device "
+                                               f"({self.device}, group {self.config.device.group})")
+        if doc.expires_ms is not None and doc.expires_ms < self.clock() * 1000:
+            raise UpdateFailed("expired", "desired document has expired")
+        return doc
+
+    def apply(self, doc: UpdateDesired) -> None:
+        journal = self.store.journal()
+        refusal = journal.refused.get(document_id(doc))
+        if refusal is not None:
+            self.report(refusal.state, doc, refusal.reason, refusal.message)
+            return
+        current = self.store.current()
+        if current is not None and self._same(current, doc):
+            self.report("active", doc)
+            return
+        staged: Path | None = None
+        try:
+            self._check_build(doc.bundle.build, current, doc)
+            staged, bundle = self._fetch_and_verify(doc, current)
+            final = self.store.install(staged, bundle.manifest)
+            staged = None
+            bundle = read_bundle(final)
+            self._self_test(bundle, doc)
+        except (UpdateFailed, DownloadError, ArchiveError) as exc:
+            code = getattr(exc, "code", "internal_error")
+            self._refuse(doc, code, str(exc), "failed", remember=code not in TRANSIENT)
+            return
+        except Exception as exc:  # never let a bug take the agent down with a half-done update
+            log.exception("update failed")
+            self._refuse(doc, "internal_error", f"{type(exc).__name__}: {exc}", "failed", remember=False)
+            return
+        finally:
+            if staged is not None:
+                shutil.rmtree(staged, ignore_errors=True)
+        self.report("activating", doc)
+        trial = Trial(candidate=final.name, previous=current.path.name if current else None,
+                      document=document_id(doc))
+        journal = self.store.journal()
+        journal.trial = trial
+        self.store.write_journal(journal)
+        self.store.switch(final)
+        self._confirm_or_roll_back(trial, doc)
+
+    @staticmethod
+    def _same(bundle: Bundle, doc: UpdateDesired) -> bool:
+        m = bundle.manifest
+        return (m.name, m.version, m.build) == (doc.bundle.name, doc.bundle.version, doc.bundle.build)
+
+    def _check_build(self, build: int | None, current: Bundle | None, doc: UpdateDesired) -> None:
+        if current is None or build is None:
+            return
+        if build <= current.manifest.build and not doc.allow_downgrade:
+            raise UpdateFailed("older_build", f"build {build} is not newer than the running build "
+                                              f"{current.manifest.build} (an operator-signed allow_downgrade "
+                                              "document is needed to go back)")
+
+    def _fetch_and_verify(self, doc: UpdateDesired, current: Bundle | None) -> tuple[Path, Bundle]:
+        up = self.config.update
+        if doc.size > up.max_download_bytes:
+            raise UpdateFailed("too_large", f"bundle is {doc.size} bytes, over update.max_download_bytes "
+                                            f"({up.max_download_bytes})")
+        self.report("downloading", doc, progress=0.0)
+        last = [0.0]
+
+        def progress(done: int, total: int) -> None:
+            if time.monotonic() - last[0] > 0.5:
+                last[0] = time.monotonic()
+                self.report("downloading", doc, progress=round(done / total, 3))
+
+        part = self.store.staging / f"{doc.sha256}.tar.part"
+        spec = DownloadSpec(doc.url, doc.sha256, doc.size, up.download_timeout_s, allow_http=up.allow_http)
+        tar = fetch(spec, part, progress)
+        self.report("verifying", doc)
+        staged = self.store.staging / f"{doc.sha256}.d"
+        shutil.rmtree(staged, ignore_errors=True)
+        try:
+            unpack(tar, staged, up.max_download_bytes * 4)
+            bundle = read_bundle(staged)
+            manifest_bytes = (staged / MANIFEST_NAME).read_bytes()
+            signature = staged / SIGNATURE_NAME
+            if not signature.is_file():
+                raise UpdateFailed("bad_signature", "bundle has no manifest.sig")
+            keys = load_trusted_keys(up.trusted_keys_dir)
+            verify_manifest(keys, manifest_bytes, signature.read_bytes())
+            m = bundle.manifest
+            if (m.name, m.version, m.build) != (doc.bundle.name, doc.bundle.version, doc.bundle.build):
+                raise UpdateFailed("mismatch", f"bundle is {m.name} {m.version} build {m.build}, the desired "
+                                               f"document names {doc.bundle.name} {doc.bundle.version} build "
+                                               f"{doc.bundle.build}")
+            if m.expires is not None and m.expires.timestamp() < self.clock():
+                raise UpdateFailed("expired", f"bundle manifest expired at {m.expires.isoformat()}")
+            self._check_build(m.build, current, doc)
+        except BundleError as exc:
+            shutil.rmtree(staged, ignore_errors=True)
+            code = "hash_mismatch" if "sha256" in exc.message or "size" in exc.message else "bad_bundle"
+            raise UpdateFailed(code, str(exc)) from None
+        except SignatureError as exc:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise UpdateFailed(exc.code, str(exc)) from None
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
+        finally:
+            part.unlink(missing_ok=True)
+        return staged, bundle
+
+    def _self_test(self, bundle: Bundle, doc: UpdateDesired) -> None:
+        from edge.runtime.select import open_backend
+        from edge.runtime.selftest import run_selftest
+
+        backend = self.config.model.backend
+        if backend == "tensorrt" or (backend == "auto" and importlib.util.find_spec("tensorrt") is not None):
+            self.report("building_engine", doc)  # the engine is built (or found in the cache) here
+        try:
+            backend = open_backend(bundle, self.config.model)
+        except Exception as exc:
+            raise UpdateFailed("engine_build_failed", f"{type(exc).__name__}: {exc}") from None
+        self.report("self_testing", doc)
+        try:
+            result = run_selftest(bundle, backend)
+        except BundleError as exc:
+            raise UpdateFailed("selftest_failed", str(exc)) from None
+        if not result.passed:
+            raise UpdateFailed("selftest_failed", str(result))
+
+    def _refuse(self, doc: UpdateDesired, code: str, message: str, state: str, *, remember: bool) -> None:
+        log.error("update to %s %s build %s %s: %s: %s", doc.bundle.name, doc.bundle.version, doc.bundle.build,
+                  state, code, message)
+        if remember:
+            journal = self.store.journal()
+            journal.refused[document_id(doc)] = Refusal(reason=code, message=message, state=state)
+            self.store.write_journal(journal)
+        self.report(state, doc, code, message)
+
+    # ------------------------------------------------------------ health window
+
+    def _confirm_or_roll_back(self, trial: Trial, doc: UpdateDesired | None) -> None:
+        self.report("health_check", doc)
+        candidate = self.store.root / trial.candidate
+        problem = self.watch_health(candidate)
+        journal = self.store.journal()
+        journal.trial = None
+        if problem is None:
+            self.store.write_journal(journal)
+            removed = self.store.gc(self.config.update.keep)
+            if removed:
+                log.info("removed old bundles: %s", ", ".join(p.name for p in removed))
+            self.report("active", doc)
+            return
+        if trial.previous is not None:
+            self.store.rollback_to(self.store.root / trial.previous)
+        journal.refused[trial.document] = Refusal(reason="unhealthy", message=problem, state="rolled_back")
+        self.store.write_journal(journal)
+        log.error("rolled back to %s: %s", trial.previous, problem)
+        self.report("rolled_back", doc, "unhealthy", problem)
+
+    def watch_health(self, candidate: Path) -> str | None:
+        """None if the daemon runs `candidate` healthily for the window; else what was wrong."""
+        up = self.config.update
+        if up.health_window_s <= 0:
+            return None
+        path = up.health_file
+        deadline = time.monotonic() + up.swap_timeout_s
+        first: HealthReport | None = None
+        while first is None:  # phase 1: the daemon loads the candidate
+            report = read_report(path)
+            if report is not None and report.swap_error_dir == str(candidate):
+                return f"the daemon refused the bundle: {report.swap_error}"
+            if report is not None and report.bundle_dir == str(candidate) and report.age_s() < HEALTH_STALE_S:
+                first = report
+                break
+            if time.monotonic() > deadline:
+                seen = "no health report" if report is None else f"daemon runs {report.bundle_dir}"
+                return f"the daemon did not start running the bundle within {up.swap_timeout_s:.0f} s ({seen})"
+            time.sleep(0.1)
+        end = time.monotonic() + up.health_window_s
+        last = first
+        while time.monotonic() < end:  # phase 2: it keeps processing, with valid outputs
+            time.sleep(0.1)
+            report = read_report(path)
+            if report is None or report.pid != first.pid or not process_alive(first.pid):
+                return "the daemon stopped or restarted during the health window"
+            if report.age_s() > HEALTH_STALE_S:
+                return f"the daemon stopped reporting (last report {report.age_s():.1f} s ago)"
+            if report.bundle_dir != str(candidate):
+                return f"the daemon left the bundle (now runs {report.bundle_dir})"
+            if report.invalid_outputs > first.invalid_outputs:
+                return (f"{report.invalid_outputs - first.invalid_outputs} faces got non-finite outputs "
+                        "on the new bundle")
+            last = report
+        frames = last.frames - first.frames
+        if frames < up.health_min_frames:
+            return (f"only {frames} frames processed in the {up.health_window_s:.0f} s health window "
+                    f"(need {up.health_min_frames})")
+        return None

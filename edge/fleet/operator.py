@@ -1,0 +1,128 @@
+"""The operator's side of fleet updates: sign and pack bundles, publish signed desired state, watch rollouts."""
+
+from __future__ import annotations
+
+import json
+import tarfile
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from edge.bundle.manifest import MANIFEST_NAME, Manifest
+from edge.bundle.store import manifest_json, parse_manifest, read_bundle, sha256_file
+from edge.fleet.archive import pack_bundle
+from edge.fleet.signing import SigningKey, manifest_signature, sign_document
+from edge.publish.payloads import UpdateDesired, stamp
+from edge.publish.topics import Topics, all_devices, device_of
+
+
+def sign_bundle(bundle_dir: Path, key: SigningKey, out: Path, expires: datetime | None = None) -> tuple[str, int]:
+    """Verify the bundle, optionally set its expiry, sign the manifest and write the transport .tar."""
+    bundle = read_bundle(bundle_dir)
+    manifest = bundle.manifest
+    if expires is not None:
+        manifest = Manifest.model_validate({**manifest.model_dump(), "expires": expires})
+    raw = manifest_json(manifest) if expires is not None else (bundle_dir / MANIFEST_NAME).read_bytes()
+    return pack_bundle(bundle_dir, list(manifest.files), raw, manifest_signature(key, raw), out)
+
+
+def tar_manifest(tar_path: Path) -> Manifest:
+    with tarfile.open(tar_path, "r:") as tar:
+        try:
+            member = tar.getmember(MANIFEST_NAME)
+        except KeyError:
+            raise ValueError(f"{tar_path}: no {MANIFEST_NAME} at the top of the archive") from None
+        handle = tar.extractfile(member)
+        if handle is None:
+            raise ValueError(f"{tar_path}: {MANIFEST_NAME} is not a regular file")
+        return parse_manifest(tar_path, handle.read())
+
+
+def desired_document(tar_path: Path, url: str, target: str, key: SigningKey, *, allow_downgrade: bool = False,
+                     expires_in_s: float | None = None) -> dict[str, Any]:
+    """The signed desired-state document for `tar_path` served at `url`, validated before it is returned."""
+    manifest = tar_manifest(tar_path)
+    doc: dict[str, Any] = {
+        **stamp(), "schema_version": 1, "target": target,
+        "bundle": {"name": manifest.name, "version": manifest.version, "build": manifest.build},
+        "url": url, "sha256": sha256_file(tar_path), "size": tar_path.stat().st_size,
+        "allow_downgrade": allow_downgrade,
+        "expires_ms": None if expires_in_s is None else int((time.time() + expires_in_s) * 1000),
+    }
+    signed = sign_document(key, doc)
+    UpdateDesired.model_validate(signed)
+    return signed
+
+
+def target_topic(topics: Topics, target: str) -> str:
+    kind, _, name = target.partition(":")
+    if kind == "device":
+        return Topics(topics.prefix, name).update_desired
+    if kind == "group":
+        return topics.group_update_desired(name)
+    raise ValueError(f"target {target!r} must be device:<id> or group:<name>")
+
+
+@dataclass
+class FleetView:
+    """Latest retained update state and info of every device under a prefix, fed from MQTT messages."""
+
+    prefix: str
+    states: dict[str, dict[str, Any]] = field(default_factory=dict)
+    groups: dict[str, str] = field(default_factory=dict)
+    changed: threading.Condition = field(default_factory=threading.Condition)
+
+    def subscriptions(self) -> list[str]:
+        return [all_devices(self.prefix, "update/state"), all_devices(self.prefix, "info")]
+
+    def feed(self, topic: str, payload: bytes) -> None:
+        found = device_of(self.prefix, topic)
+        if found is None or not payload:
+            return
+        device, kind = found
+        try:
+            data = json.loads(payload)
+        except ValueError:
+            return
+        with self.changed:
+            if kind == "update/state":
+                self.states[device] = data
+            elif kind == "info" and isinstance(data.get("group"), str):
+                self.groups[device] = data["group"]
+            self.changed.notify_all()
+
+    def wait(self, done: Callable[[FleetView], bool], timeout: float) -> bool:
+        with self.changed:
+            return self.changed.wait_for(lambda: done(self), timeout)
+
+    def table(self, devices: Iterable[str] | None = None) -> str:
+        header = ("DEVICE", "GROUP", "STATE", "CURRENT", "DESIRED", "REASON")
+        rows = [header]
+        with self.changed:
+            for name in sorted(devices if devices is not None else set(self.states) | set(self.groups)):
+                s = self.states.get(name, {})
+                rows.append((name, self.groups.get(name, "-"), s.get("state", "-"), _ref(s.get("current")),
+                             _ref(s.get("desired")), s.get("reason") or ""))
+        widths = [max(len(str(r[i])) for r in rows) for i in range(len(header))]
+        return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
+
+
+def _ref(ref: dict[str, Any] | None) -> str:
+    return "-" if not ref else f"{ref.get('name')} {ref.get('version')} (b{ref.get('build')})"
+
+
+def reached(state: dict[str, Any] | None, build: int) -> str | None:
+    """'active' once a device runs `build`; 'failed' if it refused or rolled back that build; else None."""
+    if not state:
+        return None
+    desired = (state.get("desired") or {}).get("build")
+    current = (state.get("current") or {}).get("build")
+    if state.get("state") == "active" and current == build:
+        return "active"
+    if state.get("state") in ("failed", "rolled_back") and desired == build:
+        return "failed"
+    return None
