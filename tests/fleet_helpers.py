@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import functools
 import http.server
 import io
 import tarfile
 import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -123,16 +123,46 @@ def document(tar: Path, url: str, key: SigningKey, target: str, **kw: Any) -> di
     return desired_document(tar, url, target, key, **kw)
 
 
-class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+class RangeHandler(http.server.BaseHTTPRequestHandler):
+    """Static files with HTTP Range support (as nginx or S3 have), optionally throttled to test resumes."""
+
+    root: Path
+    throttle_s = 0.0  # pause after each 16 KiB chunk
+
+    def do_GET(self) -> None:
+        path = self.root / self.path.lstrip("/")
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        start = 0
+        rng = self.headers.get("Range")
+        if rng:
+            start = int(rng.split("=")[1].split("-")[0])
+            if start >= len(data):
+                self.send_error(416)
+                return
+        self.send_response(206 if rng else 200)
+        self.send_header("Content-Length", str(len(data) - start))
+        self.end_headers()
+        try:
+            for i in range(start, len(data), 16384):
+                self.wfile.write(data[i : i + 16384])
+                if self.throttle_s:
+                    time.sleep(self.throttle_s)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+
     def log_message(self, *args: Any) -> None:
         pass
 
 
 @contextmanager
-def http_server(root: Path):
-    """Serve `root` on 127.0.0.1 (a free port) with Python's own HTTP server; yields the base URL."""
-    handler = functools.partial(_QuietHandler, directory=str(root))
+def http_server(root: Path, throttle_s: float = 0.0):
+    """Serve `root` on 127.0.0.1 (a free port); yields the base URL."""
+    handler = type("Handler", (RangeHandler,), {"root": root, "throttle_s": throttle_s})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    server.daemon_threads = True
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
@@ -147,7 +177,7 @@ def device_config(tmp: Path, device: str, keys: Path, broker_port: int | None, *
     """A device TOML for a simulated device: demo camera, fleet updates on, state under `tmp`."""
     mqtt = (f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {broker_port}\nprefix = "fleet-test"\n'
             if broker_port else "")
-    text = (f'[device]\nid = "{device}"\ngroup = "{group}"\n[source]\nuri = "demo"\n[model]\nthreads = 1\n'
+    text = (f'[device]\nid = "{device}"\ngroup = "{group}"\n[source]\nuri = "demo"\nfps = 10\n[model]\nthreads = 1\n'
             f'[stats]\ninterval_s = 1.0\n{mqtt}'
             f'[update]\nenabled = true\nbundles_dir = "{tmp / "bundles"}"\ntrusted_keys_dir = "{keys}"\n'
             f'allow_http = true\nhealth_file = "{tmp / "health.json"}"\nhealth_window_s = {window_s}\n'

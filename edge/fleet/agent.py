@@ -37,7 +37,9 @@ from edge.fleet.store import BundleStore, Refusal, Trial
 from edge.publish.payloads import BundleRef, UpdateDesired, UpdateState, stamp
 
 log = logging.getLogger("affect-sensor.update")
-PAUSE_ENV = "AFFECT_SENSOR_AGENT_PAUSE"  # test hook: "<state>:<seconds>" sleeps after reporting <state>
+# Fault-injection hook for the kill -9 tests: "<state>:<seconds>" sleeps after reporting <state>
+# (for downloading: once some bytes have arrived).
+PAUSE_ENV = "AFFECT_SENSOR_AGENT_PAUSE"
 TRANSIENT = frozenset({"download_failed"})  # retried later; every other refusal is final for that document
 HEALTH_STALE_S = 5.0
 
@@ -88,7 +90,7 @@ class UpdateAgent:
         if state not in ("downloading",) or progress in (None, 0.0):
             log.info("update state %s%s%s", state, f" ({reason})" if reason else "", f": {message}" if message else "")
         pause = os.environ.get(PAUSE_ENV, "")
-        if pause.startswith(f"{state}:"):
+        if pause.startswith(f"{state}:") and progress != 0.0:
             time.sleep(float(pause.split(":", 1)[1]))
 
     # ------------------------------------------------------------ start-up

@@ -16,9 +16,11 @@ it, so a power cut at any instant leaves `current` naming a complete bundle.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import shutil
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -27,7 +29,7 @@ from edge.bundle.manifest import SIGNATURE_NAME, Manifest
 from edge.bundle.store import Bundle, BundleError, read_bundle
 from edge.fsutil import atomic_write, fsync_dir
 
-CURRENT, PREVIOUS, JOURNAL, STAGING = "current", "previous", "agent.json", ".staging"
+CURRENT, PREVIOUS, JOURNAL, STAGING, LOCK = "current", "previous", "agent.json", ".staging", ".lock"
 MAX_REMEMBERED_FAILURES = 32
 
 
@@ -68,6 +70,17 @@ class BundleStore:
     def prepare(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.staging.mkdir(exist_ok=True)
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Serialise store maintenance between the daemon and the agent (both may seed on first start)."""
+        self.prepare()
+        with (self.root / LOCK).open("a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
 
     # ------------------------------------------------------------ links
 
@@ -132,7 +145,11 @@ class BundleStore:
 
     def seed(self, bundle: Bundle) -> Path:
         """First start: copy `bundle` (e.g. the built-in default) into the store and make it current."""
-        self.prepare()
+        with self.locked():
+            current = self.current_dir()
+            return current if current is not None else self._seed(bundle)
+
+    def _seed(self, bundle: Bundle) -> Path:
         staged = self.staging / f"seed-{os.getpid()}"
         shutil.rmtree(staged, ignore_errors=True)
         names = [*bundle.manifest.files, "manifest.json"]
@@ -143,8 +160,7 @@ class BundleStore:
             shutil.copyfile(bundle.path / name, staged / name)
         read_bundle(staged)
         final = self.install(staged, bundle.manifest)
-        if self.current_dir() is None:
-            self._point(CURRENT, final)
+        self._point(CURRENT, final)
         return final
 
     def installed(self) -> list[Bundle]:
@@ -166,10 +182,10 @@ class BundleStore:
                 removed.append(b.path)
         return removed
 
-    def clear_staging(self, keep: set[str] = frozenset()) -> None:  # type: ignore[assignment]
-        if self.staging.is_dir():
+    def clear_staging(self, keep: Iterable[str] = ()) -> None:
+        with self.locked():
             for path in self.staging.iterdir():
-                if path.name not in keep:
+                if path.name not in set(keep):
                     shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
 
     # ------------------------------------------------------------ journal

@@ -1,0 +1,263 @@
+"""Fleet updates end to end: a real mosquitto, a loopback HTTP server, and simulated devices as processes.
+
+Each simulated device is what systemd runs on a Jetson: `affect-sensor run` (the
+daemon, on the demo camera) and `affect-sensor update-agent`, in separate
+processes sharing a state directory. Operators act through `affect-sensor fleet`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import paho.mqtt.publish as mqtt_publish
+import pytest
+from fleet_helpers import (
+    device_config,
+    document,
+    evil_tar,
+    http_server,
+    make_key,
+    nan_on_real_faces,
+    signed_tar,
+    variant,
+    wrong_golden,
+)
+from mqtt_broker import Collector, Mosquitto, require_mosquitto
+
+from edge.bundle.store import read_bundle
+from edge.fleet.health import read_report
+from edge.fleet.store import BundleStore
+
+PREFIX = "fleet-test"
+CLI = [sys.executable, "-m", "edge.cli.main"]
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory):
+    require_mosquitto()
+    with Mosquitto(tmp_path_factory.mktemp("broker")) as b:
+        yield b
+
+
+class Device:
+    """One simulated device: daemon and agent processes, like the two systemd units."""
+
+    def __init__(self, tmp: Path, name: str, keys: Path, port: int, group: str = "lab") -> None:
+        self.name, self.dir = name, tmp / name
+        self.dir.mkdir(parents=True)
+        self.config = device_config(self.dir, name, keys, port, group=group)
+        self.daemon: subprocess.Popen | None = None
+        self.agent: subprocess.Popen | None = None
+        self.store = BundleStore(self.dir / "bundles")
+
+    def _spawn(self, args: list[str], log: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+        with (self.dir / log).open("ab") as out:
+            return subprocess.Popen([*CLI, *args, "--config", str(self.config), "--log-level", "INFO"],
+                                    stdout=subprocess.DEVNULL, stderr=out, env={**os.environ, **(env or {})})
+
+    def start(self) -> Device:
+        self.daemon = self._spawn(["run"], "daemon.log")
+        self.start_agent()
+        return self
+
+    def start_agent(self, pause: str | None = None) -> None:
+        self.agent = self._spawn(["update-agent"], "agent.log",
+                                 {"AFFECT_SENSOR_AGENT_PAUSE": pause} if pause else None)
+
+    def kill_agent(self) -> None:
+        assert self.agent is not None
+        self.agent.send_signal(signal.SIGKILL)
+        self.agent.wait(10)
+
+    def health(self):
+        return read_report(self.dir / "health.json")
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {n}\n" + (self.dir / n).read_text(errors="replace")[-3000:]
+                         for n in ("daemon.log", "agent.log") if (self.dir / n).exists())
+
+    def stop(self) -> None:
+        for proc in (self.agent, self.daemon):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(15)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+
+
+def states(col: Collector, device: str) -> list[dict]:
+    return [json.loads(m.payload) for m in col.on(f"{PREFIX}/{device}/update/state") if m.payload]
+
+
+def wait_state(col: Collector, dev: Device, check, timeout: float = 60.0) -> dict:
+    ok = col.wait_for(lambda _: bool(states(col, dev.name)) and check(states(col, dev.name)[-1]), timeout)
+    assert ok, f"{dev.name}: last states {[(s['state'], s.get('reason')) for s in states(col, dev.name)[-6:]]}\n" \
+               f"{dev.logs()}"
+    return states(col, dev.name)[-1]
+
+
+def wait_healthy(dev: Device, build: int, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        h = dev.health()
+        if h is not None and h.build == build and h.frames > 0 and h.age_s() < 3:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"{dev.name}: daemon not healthy on build {build}: {dev.health()}\n{dev.logs()}")
+
+
+def publish(port: int, device: str, doc: dict) -> None:
+    mqtt_publish.single(f"{PREFIX}/{device}/update/desired", json.dumps(doc), qos=1, retain=True,
+                        hostname="127.0.0.1", port=port)
+
+
+@pytest.fixture(scope="module")
+def kit(tmp_path_factory, tiny_bundle):
+    root = tmp_path_factory.mktemp("fleet-e2e-kit")
+    key = make_key(root / "keys")
+    www = root / "www"
+    www.mkdir()
+    tars = {}
+    for build in range(2, 10):
+        tars[build] = signed_tar(variant(tiny_bundle, root / f"b{build}", build=build), key, www / f"b{build}.tar")
+    specials = {"expired": (20, {"expires": "2020-01-01T00:00:00Z"}),
+                "badgolden": (21, {"replace": wrong_golden(tiny_bundle)}),
+                "nan": (22, {"replace": nan_on_real_faces(tiny_bundle)})}
+    for name, (build, kw) in specials.items():
+        tars[name] = signed_tar(variant(tiny_bundle, root / name, build=build, **kw), key, www / f"{name}.tar")
+    rogue = make_key(root / "rogue")
+    tars["rogue"] = signed_tar(root / "b9", rogue, www / "rogue.tar")
+    for how in ("dotdot", "absolute", "symlink"):
+        tars[how] = evil_tar(root / "b9", key, www / f"{how}.tar", how)
+    full = tars[9].read_bytes()
+    (www / "short.tar").write_bytes(full[: len(full) // 2])
+    return {"keys": root / "keys", "key": key, "keyfile": root / "keys" / "fleet.key", "rogue": rogue, "www": www,
+            "tars": tars}
+
+
+def test_a_staged_rollout_reaches_every_device_canary_first(tmp_path, broker, kit):
+    devices = [Device(tmp_path, f"cam-{i}", kit["keys"], broker.plain_port).start() for i in (1, 2, 3)]
+    try:
+        with Collector(broker.plain_port, [f"{PREFIX}/+/update/state", f"{PREFIX}/+/info"]) as col, \
+                http_server(kit["www"]) as base:
+            for dev in devices:
+                wait_healthy(dev, 1)
+                wait_state(col, dev, lambda s: s["state"] == "idle")
+            assert col.wait_for(lambda _: all(col.on(f"{PREFIX}/{d.name}/info") for d in devices), 30)
+            started = time.time()
+            proc = subprocess.run(
+                [*CLI, "fleet", "rollout", str(kit["tars"][2]), "--url", f"{base}/b2.tar", "--group", "lab",
+                 "--canary", "cam-1", "--key", str(kit["keyfile"]), "--host", "127.0.0.1", "--port",
+                 str(broker.plain_port), "--prefix", PREFIX, "--timeout", "120"],
+                capture_output=True, text=True, timeout=180)
+            assert proc.returncode == 0, proc.stdout + proc.stderr + "".join(d.logs() for d in devices)
+            assert "rollout complete: 3 devices on build 2" in proc.stdout
+            for dev in devices:
+                wait_healthy(dev, 2)
+                assert dev.store.current().manifest.build == 2
+                assert read_bundle(dev.store.previous_dir()).manifest.build == 1
+                assert dev.health().last_swap_gap_ms is not None
+            # Stage order: no other device started before the canary was active.
+            canary_active = min(s["ts_ms"] for s in states(col, "cam-1") if s["state"] == "active"
+                                and s["current"]["build"] == 2)
+            for name in ("cam-2", "cam-3"):
+                first = min(s["ts_ms"] for s in states(col, name) if s["state"] == "downloading")
+                assert first >= canary_active
+            print(f"\nrollout to 3 devices took {time.time() - started:.1f} s; swap gaps (ms): "
+                  f"{[round(d.health().last_swap_gap_ms, 1) for d in devices]}")
+    finally:
+        for dev in devices:
+            dev.stop()
+
+
+BAD = [  # (name, document factory, expected state, expected reason)
+    ("bad signature", lambda k, base: {**document(k["tars"][4], f"{base}/b4.tar", k["key"], "device:cam-x"),
+                                       "url": f"{base}/b5.tar"}, "failed", "bad_signature"),
+    ("unknown key", lambda k, base: document(k["tars"][4], f"{base}/b4.tar", k["rogue"], "device:cam-x"),
+     "failed", "unknown_key"),
+    ("hash mismatch", lambda k, base: document(k["tars"][4], f"{base}/b5.tar", k["key"], "device:cam-x"),
+     "failed", "hash_mismatch"),
+    ("truncated download", lambda k, base: document(k["tars"][9], f"{base}/short.tar", k["key"], "device:cam-x"),
+     "failed", "download_failed"),
+    *[(f"tar with {how}", lambda k, base, how=how: document(k["tars"][how], f"{base}/{how}.tar", k["key"],
+                                                            "device:cam-x"), "failed", "unsafe_archive")
+      for how in ("dotdot", "absolute", "symlink")],
+    ("older build", lambda k, base: document(k["tars"][2], f"{base}/b2.tar", k["key"], "device:cam-x"),
+     "failed", "older_build"),
+    ("expired manifest", lambda k, base: document(k["tars"]["expired"], f"{base}/expired.tar", k["key"],
+                                                  "device:cam-x"), "failed", "expired"),
+    ("golden self-test mismatch", lambda k, base: document(k["tars"]["badgolden"], f"{base}/badgolden.tar",
+                                                           k["key"], "device:cam-x"), "failed", "selftest_failed"),
+    ("daemon unhealthy after switch", lambda k, base: document(k["tars"]["nan"], f"{base}/nan.tar", k["key"],
+                                                               "device:cam-x"), "rolled_back", "unhealthy"),
+]
+
+
+def test_bad_updates_are_refused_or_rolled_back_while_the_previous_bundle_keeps_running(tmp_path, broker, kit):
+    dev = Device(tmp_path, "cam-x", kit["keys"], broker.plain_port).start()
+    try:
+        with Collector(broker.plain_port, [f"{PREFIX}/cam-x/update/state"]) as col, http_server(kit["www"]) as base:
+            wait_healthy(dev, 1)
+            publish(broker.plain_port, "cam-x", document(kit["tars"][3], f"{base}/b3.tar", kit["key"], "device:cam-x"))
+            wait_state(col, dev, lambda s: s["state"] == "active" and s["current"]["build"] == 3)
+            wait_healthy(dev, 3)
+            running = dev.store.current_dir()
+            for name, make, state, reason in BAD:
+                doc = make(kit, base)
+                publish(broker.plain_port, "cam-x", doc)
+                # A document that fails its signature check names no desired bundle: it is not trusted.
+                report = wait_state(col, dev, lambda s, d=doc: s["state"] in ("failed", "rolled_back")
+                                    and (s["desired"] or {}).get("build", d["bundle"]["build"]) == d["bundle"]["build"]
+                                    and s["ts_ms"] >= d["ts_ms"])
+                assert (report["state"], report["reason"]) == (state, reason), (name, report)
+                assert dev.store.current_dir() == running, name
+                before = dev.health().frames
+                wait_healthy(dev, 3)
+                time.sleep(0.6)
+                assert dev.health().frames > before and dev.health().bundle_dir == str(running), name
+            assert dev.daemon.poll() is None and dev.agent.poll() is None
+    finally:
+        dev.stop()
+
+
+STEPS = ["downloading", "verifying", "self_testing", "activating", "health_check"]
+
+
+def test_kill_9_of_the_agent_at_each_step_leaves_a_complete_bundle_active(tmp_path, broker, kit):
+    dev = Device(tmp_path, "cam-k", kit["keys"], broker.plain_port)
+    dev.daemon = dev._spawn(["run"], "daemon.log")
+    try:
+        with Collector(broker.plain_port, [f"{PREFIX}/cam-k/update/state"]) as col, \
+                http_server(kit["www"], throttle_s=0.05) as base:
+            wait_healthy(dev, 1)
+            running = 1
+            for build, step in zip(range(4, 9), STEPS, strict=True):
+                dev.start_agent(pause=f"{step}:30")
+                publish(broker.plain_port, "cam-k",
+                        document(kit["tars"][build], f"{base}/b{build}.tar", kit["key"], "device:cam-k"))
+                wait_state(col, dev, lambda s, st=step, b=build: s["state"] == st
+                           and (s["desired"] or {}).get("build") == b)
+                if step == "downloading":  # let some bytes land in the .part file first
+                    assert col.wait_for(lambda _, b=build: any(
+                        (s.get("progress") or 0) > 0 for s in states(col, "cam-k")
+                        if (s["desired"] or {}).get("build") == b), 30)
+                dev.kill_agent()
+                current = dev.store.current()  # verifies every file hash: complete, never half-switched
+                assert current is not None and current.manifest.build in (running, build), step
+                dev.start_agent()
+                wait_state(col, dev, lambda s, b=build: s["state"] == "active" and s["current"]["build"] == b, 90)
+                wait_healthy(dev, build)
+                assert dev.store.journal().trial is None
+                dev.kill_agent()
+                running = build
+            leftovers = [p.name for p in dev.store.staging.iterdir()]
+            assert leftovers == [], leftovers
+    finally:
+        dev.stop()
