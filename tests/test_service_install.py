@@ -15,6 +15,7 @@ from edge.service.install import (
     CONFIG,
     EXEC_LINK,
     JETSON_DROPIN,
+    JETSON_UPDATE_DROPIN,
     PACKAGED_FILES,
     InstallError,
     config_template,
@@ -142,6 +143,9 @@ def test_jetson_dropin_lists_the_device_nodes_present(tmp_path: Path) -> None:
         "/dev/nvhost-ctrl-gpu rw", "/dev/nvhost-gpu rw", "/dev/nvmap rw",
     ]
     assert "BindPaths=-/tmp/argus_socket" in dropin
+    agent = on_target(root, JETSON_UPDATE_DROPIN).read_text()  # engine builds and self-tests need the GPU too
+    assert [line.split("=", 1)[1] for line in agent.splitlines() if line.startswith("DeviceAllow=")] == allowed
+    assert "PrivateDevices=no" in agent and "DevicePolicy=closed" in agent
     assert not install(root, VENV_EXEC).changed
 
 
