@@ -152,6 +152,9 @@ def write_bundle(
         raise BundleError(dest, "", "already exists (pass overwrite=True to replace it)")
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it 0700; the daemon's user must be able to read a bundle
     try:
         entries: dict[str, FileEntry] = {}
         for name, (source, role) in files.items():
