@@ -13,6 +13,7 @@ COMMANDS = (
     "quantize.teacher_cmd",
     "quantize.distill_cmd",
     "quantize.data.contact_sheet",
+    "quantize.bench_cmd",
 )
 
 
