@@ -112,3 +112,27 @@ def test_preprocess_matches_the_input_spec(tiny_bundle):
     with pytest.raises(ValueError, match="crops must be"):
         to_tensor([crop[:10]], spec)
     assert Path(tiny_bundle).is_dir()
+
+
+@pytest.mark.parametrize("model_order", ["RGB", "BGR", "GRAY"])
+@pytest.mark.parametrize("crop_order", ["RGB", "BGR"])
+def test_preprocess_lookup_table_equals_the_float_arithmetic(model_order, crop_order):
+    from edge.alignment import TEMPLATE_112
+    from edge.bundle.manifest import InputSpec
+
+    gray = model_order == "GRAY"
+    spec = InputSpec(crop_size=112, color_order=model_order, channels=1 if gray else 3,
+                     mean=[0.45] if gray else [0.4, 0.5, 0.6], std=[0.22] if gray else [0.2, 0.25, 0.3],
+                     alignment={"points": TEMPLATE_112.tolist()})
+    rng = np.random.default_rng(0)
+    crops = [rng.integers(0, 256, (112, 112, 3), dtype=np.uint8) for _ in range(3)]
+    batch = np.stack(crops).astype(np.float32)
+    if gray:
+        weights = [0.114, 0.587, 0.299] if crop_order == "BGR" else [0.299, 0.587, 0.114]
+        batch = (batch @ np.float32(weights))[..., None].round()
+    elif model_order != crop_order:
+        batch = batch[..., ::-1]
+    want = ((batch / 255 - np.float32(spec.mean)) / np.float32(spec.std)).transpose(0, 3, 1, 2)
+    got = to_tensor(crops, spec, crop_order)
+    assert got.shape == (3, spec.channels, 112, 112) and got.flags.c_contiguous
+    np.testing.assert_allclose(got, want, atol=1e-5 if not gray else 0.02)
