@@ -171,7 +171,9 @@ class Daemon:
         if worker is None or not worker.done.is_set():
             return
         self.swapper = None
-        if worker.processor is None:
+        if self.store is not None and worker.path is not None and worker.path != self.followed:
+            log.info("discarding %s: the update agent moved current on while it loaded", worker.path.name)
+        elif worker.processor is None:
             where = str(worker.path) if worker.path is not None else "configured bundle"
             log.error("bundle swap refused, keeping %s: %s", self.bundle.manifest.name, worker.error)
             self.state.swap_error, self.state.swap_error_dir = str(worker.error), where
@@ -201,6 +203,9 @@ class Daemon:
             return
         if target is not None and target != self.followed:
             self.followed = target
+            if target == self.bundle.path:  # back to what runs (a rollback): a load in flight is now stale
+                self.queued_swap = None
+                return
             log.info("update agent switched current to %s; loading it", target.name)
             self.request_swap(self.config, target)
 
