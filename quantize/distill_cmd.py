@@ -63,7 +63,7 @@ def _distill(args: argparse.Namespace) -> int:
 
 def run_distill(teacher_run: Path, out: Path, settings) -> dict:
     """Both phases plus the comparison table on person-disjoint holdout data (thresholds from val)."""
-    from quantize.distill.loop import distill, evaluate, summary
+    from quantize.distill.loop import calibrate_student, distill, evaluate, summary
     from quantize.train.recipe import build_split
 
     teacher, recipe = load_teacher(teacher_run)
@@ -74,12 +74,17 @@ def run_distill(teacher_run: Path, out: Path, settings) -> dict:
     labels = teacher.cfg.labels
     started = time.monotonic()
     fp32 = distill(teacher, train, settings.model_copy(update={"qat_steps": 0}), out)
+    calibrate_student(fp32, val, settings)  # each student gets its own validation-fitted logit offsets
     rows = {"teacher": evaluate(teacher, val, holdout, labels), "student_fp32": evaluate(fp32, val, holdout, labels)}
     int8 = distill(teacher, train, settings, out)
+    offsets = calibrate_student(int8, val, settings)
     rows["student_int8_qat"] = evaluate(int8, val, holdout, labels)
     table, metrics = summary(rows)
     print(f"\nholdout: {len(holdout)} faces of people never trained on; AU thresholds calibrated on val\n{table}")
+    print("expression logit offsets fitted on val (INT8 student): "
+          + ", ".join(f"{e} {o:+.2f}" for e, o in zip(labels.expressions, offsets, strict=True)))
     result = {"metrics": metrics, "thresholds": rows["student_int8_qat"].thresholds.tolist(),
+              "fe_logit_offsets": offsets.tolist(),
               "seconds": time.monotonic() - started, "data": recipe.model_dump(mode="json"),
               "holdout_faces": len(holdout)}
     (out / "distill_metrics.json").write_text(json.dumps(result, indent=2))
@@ -89,9 +94,10 @@ def run_distill(teacher_run: Path, out: Path, settings) -> dict:
 
 def load_student(run: Path):
     """The QAT student (BN folded, fake-quant mode) and its teacher, from a finished distillation run."""
+    import numpy as np
     import torch
 
-    from quantize.distill.loop import DistillSettings, student_config
+    from quantize.distill.loop import DistillSettings, apply_fe_offsets, student_config
     from quantize.distill.student_ssm import StudentSSM
     from quantize.qat.fold import fold_batchnorm
     from quantize.qat.layers import set_mode
@@ -108,6 +114,11 @@ def load_student(run: Path):
     fold_batchnorm(student.backbone)
     student.load_state_dict(state["model"])
     set_mode(student.backbone, "quant")
+    metrics_file = run / "distill_metrics.json"
+    if metrics_file.is_file():  # the validation-fitted expression logit offsets, part of the exported head
+        offsets = json.loads(metrics_file.read_text()).get("fe_logit_offsets")
+        if offsets is not None:
+            apply_fe_offsets(student, np.asarray(offsets, dtype=np.float32))
     return student.eval(), teacher, recipe
 
 
@@ -133,6 +144,9 @@ def export_run(run: Path, out: Path, name: str, version: str, build: int, overwr
     golden = normalise(holdout.images[:8]).numpy()
     crop = teacher.cfg.image_size
     data = result["data"]
+    settings = json.loads((run / DISTILL_SETTINGS).read_text())["settings"]
+    share = settings.get("photo_fraction", 0.0)
+    photo_share = f"{share:.0%} of each distillation batch" if share else "sampled like the generated faces"
     spec = ExportSpec(
         name=name, version=version, build=build, labels=teacher.cfg.labels, crop_size=crop,
         mean=list(IMAGE_MEAN), std=list(IMAGE_STD), alignment=template_for(crop).tolist(),
@@ -140,7 +154,9 @@ def export_run(run: Path, out: Path, name: str, version: str, build: int, overwr
         training_data=(
             f"generated faces only ({data['kind']}: AU-driven warps of London Face Research Lab neutral photos "
             f"(CC BY 4.0) and procedural faces, n_train={data['n_train']}) plus the real London neutral/smiling "
-            "photos of training people; NOT trained on FACS-coded data; people in validation/holdout never trained on"
+            f"photos of training people ({photo_share}); NOT trained on FACS-coded data; people in "
+            "validation/holdout never trained on; expression logit offsets and AU thresholds fitted on the "
+            "validation people only"
         ),
         metrics=[{**m, "data": f"generated holdout faces of unseen people (n={result['holdout_faces']}), "
                                  "AU thresholds calibrated on the validation split"} for m in result["metrics"]],
@@ -150,6 +166,21 @@ def export_run(run: Path, out: Path, name: str, version: str, build: int, overwr
     bundle = read_bundle(out)
     size = sum(e.size for e in bundle.manifest.files.values())
     print(f"wrote bundle {out}: {name} {version} build {build}, {len(bundle.manifest.files)} files, {size:,d} bytes")
+
+
+def check_resumable(distill_run: Path, settings) -> None:
+    """Resuming a distillation run is fine; continuing one made with other settings is not."""
+    saved = distill_run / DISTILL_SETTINGS
+    if not saved.is_file():
+        return
+    old = {k: v for k, v in json.loads(saved.read_text())["settings"].items() if k != "progress"}
+    new = {k: v for k, v in settings.model_dump(mode="json").items() if k != "progress"}
+    if old != new:
+        from edge.cli.app import CLIError
+
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+        raise CLIError(f"{distill_run} was made with other distillation settings ({', '.join(changed)}); "
+                       "delete it or pass another --work")
 
 
 def _recipe(args: argparse.Namespace) -> int:
@@ -163,6 +194,7 @@ def _recipe(args: argparse.Namespace) -> int:
     out = args.out or DEFAULT_BUNDLE_DIR
     teacher_run, distill_run = args.work / "teacher", args.work / "distill"
     started = time.monotonic()
+    check_resumable(distill_run, DistillSettings(seed=0, progress=not args.no_progress))  # fail fast
     cmd = [sys.executable, "-m", "quantize.cli", "teacher", "train", "--config", "tiny", "--out", str(teacher_run),
            "--seed", "0", "--data-kind", "mixed"]
     if args.no_progress:

@@ -58,3 +58,17 @@ def test_onnxruntime_matches_golden_outputs(tiny_bundle, role):
     # The tolerance must be tight enough to catch a different model: shuffled features fail it.
     wrong = head_forward(load_head_params(bundle.role("head")), f[::-1] * 3, g[::-1] * 3)
     assert np.abs(wrong.fe_prob - expected["fe_prob"]).max() > atol
+
+
+def test_cpu_graph_is_int8_except_the_stem_conv(tiny_bundle):
+    bundle = read_bundle(tiny_bundle)
+    model = onnx.load(str(bundle.role("onnx_cpu")))
+    producers = {out: node for node in model.graph.node for out in node.output}
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    stem = [n for n in convs if "image" in n.input]
+    assert len(stem) == 1  # the conv on the 3-channel image reads the float input directly
+    for conv in convs:
+        if conv is stem[0]:
+            continue
+        assert producers[conv.input[0]].op_type == "DequantizeLinear", conv.name
+    assert "left in float" in bundle.manifest.quantization["cpu_graph"]

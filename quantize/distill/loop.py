@@ -41,17 +41,27 @@ CHECKPOINT = "distill.pt"
 class DistillSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    fp32_steps: int = Field(default=600, ge=0)
-    qat_steps: int = Field(default=200, ge=0)
+    fp32_steps: int = Field(default=1200, ge=0)
+    qat_steps: int = Field(default=300, ge=0)
     batch: int = Field(default=32, ge=2)
-    lr: float = Field(default=2e-3, gt=0)
+    lr: float = Field(default=1e-3, gt=0)  # peak FP32 learning rate: linear warm-up, then cosine decay
+    warmup: int = Field(default=100, ge=0)
     qat_lr: float = Field(default=2e-4, gt=0)
     weight_decay: float = Field(default=1e-4, ge=0)
     calibration_batches: int = Field(default=8, ge=1)
     ckpt_every: int = Field(default=100, ge=1)
     seed: int = 0
-    widths: tuple[int, ...] = (24, 48, 96, 128)
-    blocks: tuple[int, ...] = (1, 1, 2, 1)
+    # A stride-2 stem, then three stages at 28x28, 14x14 and 7x7: most of the compute sits in 3x3 convs
+    # with 48-128 channels, where INT8 kernels beat float (docs/quantization.md).
+    stem_width: int | None = Field(default=None, ge=1)  # None: widths[0]
+    widths: tuple[int, ...] = (48, 96, 128)
+    blocks: tuple[int, ...] = (3, 2, 1)
+    # Share of each batch drawn from the real London photos of training people (the rest: generated faces).
+    photo_fraction: float = Field(default=0.25, ge=0, lt=1)
+    geometric_jitter: bool = True  # small random similarity warps (detector alignment noise on real photos)
+    # Weight of the validation people's real photos (vs generated validation faces) when fitting the
+    # expression logit offsets on the validation split (0 disables the offsets).
+    fe_bias_photo_weight: float = Field(default=0.5, ge=0, le=1)
     progress: bool = True
 
 
@@ -72,7 +82,7 @@ class Evaluation:
 
 def student_config(teacher: SSMTeacher, s: DistillSettings) -> StudentConfig:
     return StudentConfig(crop_size=teacher.cfg.image_size, widths=s.widths, blocks=s.blocks,
-                         feature_dim=teacher.cfg.dim)
+                         feature_dim=teacher.cfg.dim, stem_width=s.stem_width)
 
 
 @torch.no_grad()
@@ -101,6 +111,77 @@ def evaluate(model: torch.nn.Module, val: FaceArrays, test: FaceArrays, labels) 
     au = au_report(au_prob, test.au, test.au_mask, thresholds, labels.au_keys) if test.au_mask.any() else None
     fe = fe_report(fe_prob, test.fe, list(labels.expressions)) if (test.fe >= 0).any() else None
     return Evaluation(au, fe, thresholds)
+
+
+PHOTO_DATASET = "london_photo"
+
+
+def batch_rows(train: FaceArrays, settings: DistillSettings, step: int) -> torch.Tensor:
+    """Rows of batch `step`: a fixed share of real photos (own epoch stream), the rest generated faces."""
+    photos = np.flatnonzero(train.dataset == PHOTO_DATASET)
+    others = np.flatnonzero(train.dataset != PHOTO_DATASET)
+    n_photo = min(round(settings.batch * settings.photo_fraction), len(photos))
+    if n_photo == 0 or len(others) < settings.batch - n_photo:
+        return batch_indices(len(train), settings.batch, step, settings.seed, 1)
+    generated = others[batch_indices(len(others), settings.batch - n_photo, step, settings.seed, 1).numpy()]
+    real = photos[batch_indices(len(photos), n_photo, step, settings.seed, 2).numpy()]
+    return torch.from_numpy(np.concatenate([generated, real]))
+
+
+def fit_fe_offsets(fe_prob: np.ndarray, data: FaceArrays, photo_weight: float, l2: float = 1e-2) -> np.ndarray:
+    """Per-expression logit offsets that minimise weighted cross-entropy on labelled (validation) rows.
+
+    Real photos carry `photo_weight` of the total weight and generated faces the rest, so a
+    handful of real photos counts without being the only thing fitted. Offsets are centred (softmax
+    does not see a common shift) and lightly L2-regularised; 7 numbers, a convex fit.
+    """
+    labelled = data.fe >= 0
+    n_classes = fe_prob.shape[1]
+    if photo_weight <= 0 or not labelled.any():
+        return np.zeros(n_classes, np.float32)
+    is_photo = (data.dataset == PHOTO_DATASET)[labelled]
+    weight = np.where(is_photo, photo_weight / max(is_photo.sum(), 1), (1 - photo_weight) / max((~is_photo).sum(), 1))
+    if not is_photo.any() or is_photo.all():
+        weight = np.full(len(is_photo), 1.0 / len(is_photo))
+    logp = torch.from_numpy(np.log(np.clip(fe_prob[labelled], 1e-8, 1.0))).double()
+    target = torch.from_numpy(data.fe[labelled])
+    w = torch.from_numpy(weight).double()
+    offset = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([offset], lr=0.5, max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        nll = torch.nn.functional.cross_entropy(logp + offset, target, reduction="none")
+        loss = (w * nll).sum() + l2 * (offset**2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    out = offset.detach().numpy()
+    return (out - out.mean()).astype(np.float32)
+
+
+def apply_fe_offsets(model: StudentSSM, offsets: np.ndarray) -> None:
+    """Add logit offsets to the expression linear head's bias (a constant the device head already has)."""
+    with torch.no_grad():
+        model.head.fe_linear.bias.add_(torch.as_tensor(offsets, dtype=model.head.fe_linear.bias.dtype))
+
+
+def calibrate_student(model: StudentSSM, val: FaceArrays, settings: DistillSettings) -> np.ndarray:
+    """Fit expression logit offsets on the validation split only and apply them to `model`; returns them."""
+    fe_prob, _ = probabilities(model, val)
+    offsets = fit_fe_offsets(fe_prob, val, settings.fe_bias_photo_weight)
+    apply_fe_offsets(model, offsets)
+    return offsets
+
+
+def fp32_lr(settings: DistillSettings, step: int) -> float:
+    """FP32-phase learning rate at `step` (a pure function of the step, so resuming needs no state)."""
+    if step < settings.warmup:
+        return settings.lr * (step + 1) / settings.warmup
+    span = max(1, settings.fp32_steps - settings.warmup)
+    progress = min(1.0, (step - settings.warmup) / span)
+    return settings.lr * (0.05 + 0.95 * 0.5 * (1 + np.cos(np.pi * progress)))
 
 
 def _optimizer(student: StudentSSM, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -173,8 +254,12 @@ def distill(teacher: SSMTeacher, train: FaceArrays, settings: DistillSettings, o
                 calibrate(student.backbone, images)
                 optimizer = _optimizer(student, settings.qat_lr, settings.weight_decay)
             student.train()
-            idx = batch_indices(len(train), settings.batch, step, settings.seed, 1)
-            batch = make_batch(train, idx, augment_generator(settings.seed, 1, step, 0))
+            if phase == "fp32":
+                for group in optimizer.param_groups:
+                    group["lr"] = fp32_lr(settings, step)
+            idx = batch_rows(train, settings, step)
+            batch = make_batch(train, idx, augment_generator(settings.seed, 1, step, 0),
+                               geometric=settings.geometric_jitter)
             terms = _step_loss(student, teacher, batch, weights)
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()

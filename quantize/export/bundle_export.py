@@ -95,7 +95,7 @@ def export_bundle(
         export_onnx(float_student, raw_fp32, spec.crop_size)
         simplify(raw_fp32, fp32)
         cpu = work / CPU_FILE
-        quantize_for_cpu(fp32, cpu, calibration)
+        float_nodes = quantize_for_cpu(fp32, cpu, calibration)
 
         with torch.no_grad():
             f, g = student(torch.from_numpy(golden_inputs.astype(np.float32)))
@@ -131,7 +131,10 @@ def export_bundle(
             "quantization": {
                 "scheme": "int8 symmetric, zero point 0, per-channel weights (axis 0), per-tensor activations",
                 "tensorrt_graph": {**qdq, "opset": onnx.load(str(trt)).opset_import[0].version},
-                "cpu_graph": "onnxruntime quantize_static QDQ, per-channel, MinMax calibration",
+                "cpu_graph": "onnxruntime quantize_static QDQ (uint8 activations, int8 per-channel weights), "
+                             "MinMax calibration"
+                             + (f"; left in float: {', '.join(float_nodes)} (the stem conv on the 3-channel image)"
+                                if float_nodes else ""),
                 "calibration_images": len(calibration),
                 "golden_max_abs_deviation": deviation,
                 **spec.quantization_extra,

@@ -22,6 +22,7 @@ class StudentConfig:
     widths: tuple[int, ...] = (16, 32, 64, 96)
     blocks: tuple[int, ...] = (1, 1, 2, 1)
     feature_dim: int = 64
+    stem_width: int | None = None  # channels of the stride-2 stem conv (None: widths[0])
 
 
 class ConvBNReLU(nn.Sequential):
@@ -62,8 +63,9 @@ class StudentBackbone(nn.Module):
     def __init__(self, config: StudentConfig = StudentConfig()) -> None:
         super().__init__()
         self.config = config
-        layers: list[nn.Module] = [ConvBNReLU(config.in_channels, config.widths[0], stride=2)]
-        cin = config.widths[0]
+        stem = config.stem_width or config.widths[0]
+        layers: list[nn.Module] = [ConvBNReLU(config.in_channels, stem, stride=2)]
+        cin = stem
         for width, count in zip(config.widths, config.blocks, strict=True):
             for i in range(count):
                 layers.append(BasicBlock(cin, width, stride=2 if i == 0 else 1))

@@ -57,8 +57,30 @@ def stack_samples(samples: Sequence) -> FaceArrays:
     )
 
 
-def make_batch(data: FaceArrays, idx: torch.Tensor, gen: torch.Generator | None) -> dict[str, torch.Tensor]:
-    """A batch; with `gen`, random horizontal flips and brightness/contrast jitter (same for a clip's frames)."""
+# Geometric jitter (`make_batch(..., geometric=True)`): a random similarity per image, about what a
+# detector's five points move the aligned crop by on real photos (scale, rotation, shift in crop widths).
+JITTER_SCALE = 0.06
+JITTER_ROTATE_DEG = 6.0
+JITTER_SHIFT = 0.04
+
+
+def geometric_jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Random similarity warps of single images (N, C, H, W), border pixels replicated."""
+    n = x.shape[0]
+    u = torch.rand(n, 4, generator=gen) * 2 - 1
+    scale = 1.0 + JITTER_SCALE * u[:, 0]
+    angle = torch.deg2rad(JITTER_ROTATE_DEG * u[:, 1])
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, 2 * JITTER_SHIFT * u[:, 2]], 1),
+                         torch.stack([sin, cos, 2 * JITTER_SHIFT * u[:, 3]], 1)], 1)
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def make_batch(data: FaceArrays, idx: torch.Tensor, gen: torch.Generator | None,
+               geometric: bool = False) -> dict[str, torch.Tensor]:
+    """A batch; with `gen`, random horizontal flips and brightness/contrast jitter (same for a clip's frames),
+    plus, with `geometric` (single images only), a small random similarity warp."""
     rows = idx.numpy()
     x = normalise(data.images[rows])
     if gen is not None:
@@ -69,6 +91,10 @@ def make_batch(data: FaceArrays, idx: torch.Tensor, gen: torch.Generator | None)
         gain = 1.0 + 0.2 * (torch.rand(shape, generator=gen) - 0.5)
         shift = 0.2 * (torch.rand(shape, generator=gen) - 0.5)
         x = x * gain + shift
+        if geometric:
+            if x.ndim != 4:
+                raise ValueError("geometric jitter is for single images (N, C, H, W), not clips")
+            x = geometric_jitter(x, gen)
     return {
         "image": x,
         "au": torch.from_numpy(data.au[rows]),
