@@ -92,6 +92,7 @@ def main() -> int:
         print("fleet_bench: needs the mosquitto broker (apt-get install mosquitto)", file=sys.stderr)
         return 2
     work = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
+    tar_bytes = None
     procs: list[subprocess.Popen] = []
     try:
         port = free_port()
@@ -103,7 +104,7 @@ def main() -> int:
         www = work / "www"
         www.mkdir()
         tar = www / "b2.tar"
-        sign_bundle(rebuilt_default(work / "b2", 2), key, tar)
+        _, tar_bytes = sign_bundle(rebuilt_default(work / "b2", 2), key, tar)
         server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(QuietHandler, directory=str(www)))
         threading.Thread(target=server.serve_forever, daemon=True).start()
         url = f"http://127.0.0.1:{server.server_address[1]}/b2.tar"
@@ -185,11 +186,12 @@ def main() -> int:
                 p.kill()
         shutil.rmtree(work, ignore_errors=True)
     result = {"devices": args.devices, "fps": args.fps, "health_window_s": args.window,
-              "bundle_bytes": tar.stat().st_size if tar.exists() else None, "rows": rows}
+              "bundle_bytes": tar_bytes, "rows": rows}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"fleet update of the built-in bundle (re-built as build 2) on {args.devices} simulated devices, "
+    print(f"fleet update of the built-in bundle (re-built as build 2, {tar_bytes:,} byte tar) on {args.devices} "
+          "simulated devices, "
           f"demo camera at {args.fps:g} fps, health window {args.window:g} s, onnxruntime (no engine build)")
     print(f"{'device':<8} {'state':<12} {'publish->switch s':>18} {'publish->active s':>18} {'swap gap ms':>12}")
     for r in rows:
