@@ -33,7 +33,7 @@ import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge.bundle.default import DEFAULT_BUNDLE_DIR
-from edge.bundle.store import read_bundle, write_bundle
+from edge.bundle.store import read_bundle, rebuild_bundle
 from edge.fleet.health import read_report
 from edge.fleet.operator import desired_document, sign_bundle
 from edge.fleet.signing import generate_key, load_signing_key
@@ -49,13 +49,8 @@ def free_port() -> int:
 
 def rebuilt_default(dest: Path, build: int) -> Path:
     """The built-in bundle under a new build number: same files, so timings reflect the shipped model."""
-    src = read_bundle(DEFAULT_BUNDLE_DIR)
-    fields = src.manifest.model_dump(mode="json", exclude_none=True)
-    for key in ("files", "schema_version", "created"):
-        fields.pop(key)
-    fields.update(build=build, version=f"{src.manifest.version}+b{build}")
-    files = {name: (DEFAULT_BUNDLE_DIR / name, e.role) for name, e in src.manifest.files.items()}
-    return write_bundle(dest, fields, files).path
+    version = read_bundle(DEFAULT_BUNDLE_DIR).manifest.version
+    return rebuild_bundle(DEFAULT_BUNDLE_DIR, dest, build=build, version=f"{version}+b{build}").path
 
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from edge.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME
-from edge.bundle.store import read_bundle, write_bundle
+from edge.bundle.store import read_bundle, rebuild_bundle
 from edge.fleet.operator import desired_document, sign_bundle
 from edge.fleet.signing import SigningKey, generate_key, load_signing_key
 
@@ -22,14 +22,7 @@ from edge.fleet.signing import SigningKey, generate_key, load_signing_key
 def variant(src: Path, dest: Path, *, build: int, version: str | None = None, replace: dict[str, bytes] | None = None,
             **fields: Any) -> Path:
     """A copy of bundle `src` with other manifest fields and (re-hashed) file contents."""
-    bundle = read_bundle(src)
-    m = bundle.manifest.model_dump(mode="json", exclude_none=True)
-    for key in ("files", "schema_version", "created"):
-        m.pop(key)
-    m.update(build=build, version=version or f"0.0.{build}", **fields)
-    files: dict[str, tuple[Path | bytes, str]] = {
-        name: ((replace or {}).get(name, src / name), entry.role) for name, entry in bundle.manifest.files.items()}
-    return write_bundle(dest, m, files).path
+    return rebuild_bundle(src, dest, replace=replace, build=build, version=version or f"0.0.{build}", **fields).path
 
 
 def wrong_golden(src: Path) -> dict[str, bytes]:

@@ -183,6 +183,20 @@ def write_bundle(
     return Bundle(dest, manifest)
 
 
+def rebuild_bundle(src: Path | str, dest: Path | str, *, replace: dict[str, bytes] | None = None,
+                   **fields: Any) -> Bundle:
+    """A new bundle from a verified one: some manifest fields changed, some files replaced, all re-hashed."""
+    source = read_bundle(src)
+    manifest = source.manifest.model_dump(mode="json", exclude_none=True)
+    for key in ("files", "schema_version", "created"):
+        manifest.pop(key)
+    manifest.update(fields)
+    files: dict[str, tuple[Path | bytes, str]] = {
+        name: ((replace or {}).get(name, source.path / name), entry.role)
+        for name, entry in source.manifest.files.items()}
+    return write_bundle(dest, manifest, files)
+
+
 def manifest_json(manifest: Manifest) -> bytes:
     return (json.dumps(manifest.model_dump(mode="json", exclude_none=True), indent=2, sort_keys=True) + "\n").encode()
 

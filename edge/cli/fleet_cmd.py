@@ -167,9 +167,7 @@ def _publish(args: argparse.Namespace) -> int:
     doc = _document(args, target)
     broker = _Broker(args, "fleet publish")
     try:
-        from edge.publish.topics import Topics
-
-        topic = target_topic(Topics(broker.config.prefix, "operator"), target)
+        topic = target_topic(broker.config.prefix, target)
         broker.publish(topic, doc)
         print(f"published {doc['bundle']['name']} {doc['bundle']['version']} build {doc['bundle']['build']} "
               f"to {topic} (signed by {doc['key_id']})")
@@ -184,7 +182,6 @@ def _publish(args: argparse.Namespace) -> int:
 
 def _rollout(args: argparse.Namespace) -> int:
     from edge.fleet.operator import reached, target_topic
-    from edge.publish.topics import Topics
 
     build = None
     broker = _Broker(args, "fleet rollout")
@@ -193,7 +190,7 @@ def _rollout(args: argparse.Namespace) -> int:
         for device in args.canary:
             doc = _document(args, f"device:{device}")
             build = doc["bundle"]["build"]
-            broker.publish(target_topic(Topics(broker.config.prefix, "operator"), f"device:{device}"), doc)
+            broker.publish(target_topic(broker.config.prefix, f"device:{device}"), doc)
         print(f"stage 1: canaries {', '.join(args.canary)} -> build {build}", flush=True)
         outcome = _wait_for(broker, args.canary, build, args.timeout)
         print(broker.view.table(args.canary))
@@ -203,7 +200,7 @@ def _rollout(args: argparse.Namespace) -> int:
                   file=sys.stderr)
             return 1
         doc = _document(args, f"group:{args.group}")
-        broker.publish(target_topic(Topics(broker.config.prefix, "operator"), f"group:{args.group}"), doc)
+        broker.publish(target_topic(broker.config.prefix, f"group:{args.group}"), doc)
         print(f"stage 2: group {args.group} -> build {build}", flush=True)
         remaining = args.timeout - (time.monotonic() - started)
         broker.view.wait(lambda v: all(reached(v.states.get(d), build) for d in _members(v, args.group)),

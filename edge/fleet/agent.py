@@ -176,8 +176,7 @@ class UpdateAgent:
             staged, bundle = self._fetch_and_verify(doc, current)
             final = self.store.install(staged, bundle.manifest)
             staged = None
-            bundle = read_bundle(final)
-            self._self_test(bundle, doc)
+            self._self_test(Bundle(final, bundle.manifest), doc)  # verified in staging; a rename keeps the bytes
         except (UpdateFailed, DownloadError, ArchiveError) as exc:
             code = getattr(exc, "code", "internal_error")
             self._refuse(doc, code, str(exc), "failed", remember=code not in TRANSIENT)

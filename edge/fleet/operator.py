@@ -58,12 +58,13 @@ def desired_document(tar_path: Path, url: str, target: str, key: SigningKey, *, 
     return signed
 
 
-def target_topic(topics: Topics, target: str) -> str:
+def target_topic(prefix: str, target: str) -> str:
+    """The desired-state topic of `device:<id>` or `group:<name>` under `prefix`."""
     kind, _, name = target.partition(":")
     if kind == "device":
-        return Topics(topics.prefix, name).update_desired
+        return Topics(prefix, name).update_desired
     if kind == "group":
-        return topics.group_update_desired(name)
+        return Topics(prefix, "operator").group_update_desired(name)
     raise ValueError(f"target {target!r} must be device:<id> or group:<name>")
 
 

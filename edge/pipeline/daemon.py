@@ -72,11 +72,7 @@ def bundle_dir(config: SensorConfig) -> Path | None:
     if not config.update.enabled:
         return config.model.bundle
     store = BundleStore(config.update.bundles_dir)
-    current = store.current_dir()
-    if current is None:
-        store.seed(resolve_bundle(None))
-        current = store.current_dir()
-    return current
+    return store.current_dir() or store.seed(resolve_bundle(None))
 
 
 def open_processor(config: SensorConfig, path: Path | None = None, *, selftest: bool = True) -> FrameProcessor:
