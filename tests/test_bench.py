@@ -230,3 +230,25 @@ def test_peer_script_runs_end_to_end(tiny_bundle, london_dir):
     assert r["speed_ratio_peer_over_ours"]["model"] > 0
     text = run("benchmarks/peer_fer.py", "--bundle", str(tiny_bundle), "--london", str(london_dir), "--repeats", "1")
     assert "smiling->happiness" in text.stdout and "per-face latency" in text.stdout
+
+
+# ------------------------------------------------------------------ benchmarks/student_sizes.py
+
+
+def test_student_sizes_lowers_and_times_a_shape():
+    result = run("benchmarks/student_sizes.py", "64:16,32:1,1", "--runs", "50", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[0].startswith("machine: ") and "FP32/INT8" in lines[1]
+    crop, widths, blocks, macs, int8_ms, fp32_ms, ratio = lines[2].split()
+    assert abs(float(ratio.rstrip("x")) - float(fp32_ms) / float(int8_ms)) < 0.02
+    # stem 32x32x16x3x9; block 1 at 16x16 (16->16: two 3x3 + 1x1 skip); block 2 at 8x8 (16->32: the same)
+    expected = 32 * 32 * 16 * 27 + 16 * 16 * (16 * 16 * 9 * 2 + 16 * 16) + 8 * 8 * (16 * 32 * 9 + 32 * 32 * 9 + 16 * 32)
+    assert (crop, widths, blocks) == ("64", "16,32", "1,1")
+    assert abs(float(macs.rstrip("M")) - expected / 1e6) < 0.06  # 2.6 M; the linear heads add 4 k
+    assert float(int8_ms) > 0 and float(fp32_ms) > 0
+
+
+def test_student_sizes_rejects_a_malformed_shape():
+    result = run("benchmarks/student_sizes.py", "80:48,96", timeout=60)
+    assert result.returncode == 2 and "expected CROP:W1,W2,..:B1,B2,.." in result.stderr

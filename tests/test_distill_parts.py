@@ -4,6 +4,7 @@ import numpy as np
 import torch
 
 from quantize.distill.loop import PHOTO_DATASET, DistillSettings, batch_rows, fit_fe_offsets
+from quantize.distill.student_ssm import student_input
 from quantize.train.tensors import FaceArrays, make_batch
 
 
@@ -57,3 +58,15 @@ def test_fe_offsets_correct_a_biased_classifier():
     after = ((np.log(prob) + offsets).argmax(1) == fe).mean()
     assert after > before
     assert not fit_fe_offsets(prob, data, photo_weight=0.0).any()
+
+
+def test_student_input_area_resizes_teacher_crops():
+    images = torch.rand(2, 3, 112, 112)
+    assert student_input(images, 112) is images
+    small = student_input(images, 80)
+    assert small.shape == (2, 3, 80, 80)
+    # anti-aliased: each output pixel averages a neighbourhood, so the global mean holds and noise shrinks
+    assert torch.allclose(small.mean(), images.mean(), atol=2e-3)
+    assert small.std() < images.std()
+    flat = torch.full((1, 3, 112, 112), 0.25)
+    assert torch.allclose(student_input(flat, 80), torch.full((1, 3, 80, 80), 0.25))

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from edge.bundle import read_bundle
@@ -29,14 +30,16 @@ def test_teacher_distill_export_selftest(tmp_path):
                  "--set", "conv_widths=[8,16,32,32]", "--set", "image_size=64", "--no-progress",
                  "--val-every", "6", "--ckpt-every", "6")
     quantize_cli("distill", "--teacher", str(teacher), "--out", str(distill), "--fp32-steps", "4",
-                 "--qat-steps", "3", "--batch", "8", "--no-progress")
+                 "--qat-steps", "3", "--batch", "8", "--crop-size", "48", "--no-progress")
     metrics = json.loads((distill / "distill_metrics.json").read_text())
     assert [m["model"] for m in metrics["metrics"]] == ["teacher", "student_fp32", "student_int8_qat"]
     quantize_cli("export", "--run", str(distill), "--out", str(bundle_dir), "--build", "3")
 
     bundle = read_bundle(bundle_dir)
     m = bundle.manifest
-    assert m.build == 3 and m.input.crop_size == 64 and m.output.feature_dim == 32
+    # the student takes a 48 px crop of the teacher's 64 px faces: the bundle, its template and goldens say so
+    assert m.build == 3 and m.input.crop_size == 48 and m.output.feature_dim == 32
+    assert np.load(bundle.role("golden_inputs")).shape[1:] == (3, 48, 48)
     assert "NOT trained on FACS-coded data" in m.training_data
     assert {x.model for x in m.metrics} == {"teacher", "student_fp32", "student_int8_qat"}
     assert m.quantization["tensorrt_graph"]["quantize_linear"] > 0

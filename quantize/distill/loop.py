@@ -25,7 +25,7 @@ from quantize.distill.losses import (
     kd_fe_loss,
     prior_consistency,
 )
-from quantize.distill.student_ssm import StudentSSM
+from quantize.distill.student_ssm import StudentSSM, student_input
 from quantize.metrics import AUReport, FEReport, au_report, calibrate_thresholds, fe_report
 from quantize.qat.calibrate import calibrate
 from quantize.qat.fold import fold_batchnorm
@@ -51,8 +51,10 @@ class DistillSettings(BaseModel):
     calibration_batches: int = Field(default=8, ge=1)
     ckpt_every: int = Field(default=100, ge=1)
     seed: int = 0
-    # A stride-2 stem, then three stages at 28x28, 14x14 and 7x7: most of the compute sits in 3x3 convs
-    # with 48-128 channels, where INT8 kernels beat float (docs/quantization.md).
+    # The student's input crop; None: the teacher's (112). A stride-2 stem, then three stages at 1/4, 1/8
+    # and 1/16 of it (28, 14, 7): most of the compute sits in 3x3 convs with 48-128 channels, where INT8
+    # kernels beat float (docs/quantization.md). An 80 px crop halves the MACs (docs/performance.md).
+    crop_size: int | None = Field(default=None, ge=32)
     stem_width: int | None = Field(default=None, ge=1)  # None: widths[0]
     widths: tuple[int, ...] = (48, 96, 128)
     blocks: tuple[int, ...] = (3, 2, 1)
@@ -81,7 +83,7 @@ class Evaluation:
 
 
 def student_config(teacher: SSMTeacher, s: DistillSettings) -> StudentConfig:
-    return StudentConfig(crop_size=teacher.cfg.image_size, widths=s.widths, blocks=s.blocks,
+    return StudentConfig(crop_size=s.crop_size or teacher.cfg.image_size, widths=s.widths, blocks=s.blocks,
                          feature_dim=teacher.cfg.dim, stem_width=s.stem_width)
 
 
@@ -249,8 +251,10 @@ def distill(teacher: SSMTeacher, train: FaceArrays, settings: DistillSettings, o
                 phase = "qat"
                 student.eval()
                 fold_batchnorm(student.backbone)
-                images = [make_batch(train, batch_indices(len(train), settings.batch, i, settings.seed, 9), None)
-                          ["image"] for i in range(settings.calibration_batches)]
+                size = student.backbone.config.crop_size
+                images = [student_input(make_batch(train, batch_indices(len(train), settings.batch, i, settings.seed,
+                                                                        9), None)["image"], size)
+                          for i in range(settings.calibration_batches)]
                 calibrate(student.backbone, images)
                 optimizer = _optimizer(student, settings.qat_lr, settings.weight_decay)
             student.train()

@@ -13,11 +13,24 @@ import copy
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from quantize.ssm.head import HeadOutput, SemanticHead
 from quantize.ssm.model import SSMTeacher
 from quantize.student.model import StudentBackbone, StudentConfig
+
+
+def student_input(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Teacher-size crops (N, C, S, S) -> the student's input size.
+
+    The student may see a smaller crop than the teacher (fewer MACs on the device, where the
+    aligner warps straight to the student's size); the training data stays at the teacher's size
+    and is area-resized here, like the anti-aliased crops it was rendered from.
+    """
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 class StudentSSM(nn.Module):
@@ -41,7 +54,7 @@ class StudentSSM(nn.Module):
             nn.init.zeros_(proj.bias)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, HeadOutput]:
-        f, g = self.backbone(images)
+        f, g = self.backbone(student_input(images, self.backbone.config.crop_size))
         return f, g, self.head(f, g, self.t_au, self.t_fe, self.mapping)
 
     @torch.no_grad()

@@ -1,0 +1,99 @@
+"""What a student shape costs on this CPU, before training one: MACs and batch-1 latency of its lowerings.
+
+Each shape is built with random weights, BN-folded, exported and lowered exactly
+as a bundle is (FP32 graph, then the onnxruntime INT8 CPU graph with the float
+stem); both graphs are then timed at batch 1 in alternating blocks. Weights do
+not change the latency, so this answers "how small must the student be to beat
+X ms" without a training run.
+
+    pip install "torch==2.13.0" -e ".[edge,quantize]"
+    python benchmarks/student_sizes.py 112:48,96,128:3,2,1 80:48,96,128:3,2,1 [--threads 2] [--runs 400]
+
+A shape is CROP:WIDTHS:BLOCKS (the `DistillSettings` fields crop_size, widths, blocks).
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def parse_shape(text: str):
+    from quantize.student.model import StudentConfig
+
+    try:
+        crop, widths, blocks = text.split(":")
+        return StudentConfig(crop_size=int(crop), widths=tuple(int(w) for w in widths.split(",")),
+                             blocks=tuple(int(b) for b in blocks.split(",")), feature_dim=64)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected CROP:W1,W2,..:B1,B2,.. ({exc})") from exc
+
+
+def lower(config, work: Path) -> tuple[Path, Path]:
+    from quantize.export.cpu_lowering import quantize_for_cpu
+    from quantize.export.onnx_graphs import export_onnx, simplify
+    from quantize.qat.fold import fold_batchnorm
+    from quantize.qat.layers import set_mode
+    from quantize.student.model import StudentBackbone
+
+    model = StudentBackbone(config).eval()
+    fold_batchnorm(model)
+    set_mode(model, "float")
+    raw, fp32, int8 = work / "raw.onnx", work / "fp32.onnx", work / "int8.onnx"
+    export_onnx(model, raw, config.crop_size)
+    simplify(raw, fp32)
+    rng = np.random.default_rng(0)
+    quantize_for_cpu(fp32, int8, rng.normal(0, 1, (32, 3, config.crop_size, config.crop_size)).astype(np.float32))
+    return fp32, int8
+
+
+def time_graphs(paths: dict[str, Path], size: int, threads: int, runs: int) -> dict[str, float]:
+    """Median ms per batch-1 run, the graphs measured in alternating blocks of 50."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    sessions = {k: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for k, p in paths.items()}
+    x = np.random.default_rng(1).normal(0, 1, (1, 3, size, size)).astype(np.float32)
+    samples: dict[str, list[float]] = {k: [] for k in sessions}
+    for session in sessions.values():
+        for _ in range(30):
+            session.run(None, {"image": x})
+    for block in range(max(1, runs // 50)):
+        for name in (list(sessions) if block % 2 == 0 else list(reversed(list(sessions)))):
+            for _ in range(50):
+                t0 = time.perf_counter()
+                sessions[name].run(None, {"image": x})
+                samples[name].append((time.perf_counter() - t0) * 1e3)
+    return {k: float(np.median(v)) for k, v in samples.items()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("shapes", nargs="+", type=parse_shape, help="CROP:WIDTHS:BLOCKS, e.g. 80:48,96,128:3,2,1")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=400, help="timed runs per graph (default 400)")
+    args = parser.parse_args(argv)
+    from edge.pipeline.bench import machine, machine_line
+    from quantize.bench_cmd import onnx_macs
+
+    print(f"{machine_line(machine())}; {args.threads} threads, batch 1, random weights")
+    print(f"{'crop':>5} {'widths':>14} {'blocks':>8} {'MACs':>9} {'INT8 ms':>9} {'FP32 ms':>9} {'FP32/INT8':>10}")
+    for config in args.shapes:
+        with tempfile.TemporaryDirectory() as work:
+            fp32, int8 = lower(config, Path(work))
+            macs = onnx_macs(fp32)["macs"]
+            t = time_graphs({"int8": int8, "fp32": fp32}, config.crop_size, args.threads, args.runs)
+        print(f"{config.crop_size:>5} {','.join(map(str, config.widths)):>14} {','.join(map(str, config.blocks)):>8} "
+              f"{macs / 1e6:>8.1f}M {t['int8']:>9.3f} {t['fp32']:>9.3f} {t['fp32'] / t['int8']:>9.2f}x",
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
