@@ -25,8 +25,8 @@ def student_input(images: torch.Tensor, size: int) -> torch.Tensor:
     """Teacher-size crops (N, C, S, S) -> the student's input size.
 
     The student may see a smaller crop than the teacher (fewer MACs on the device, where the
-    aligner warps straight to the student's size); the training data stays at the teacher's size
-    and is area-resized here, like the anti-aliased crops it was rendered from.
+    aligner warps straight to the student's size). The training data stays at the teacher's size
+    and is resized here with anti-aliasing, as the generated faces were rendered.
     """
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
