@@ -252,3 +252,14 @@ def test_student_sizes_lowers_and_times_a_shape():
 def test_student_sizes_rejects_a_malformed_shape():
     result = run("benchmarks/student_sizes.py", "80:48,96", timeout=60)
     assert result.returncode == 2 and "expected CROP:W1,W2,..:B1,B2,.." in result.stderr
+
+
+def test_head_in_graph_matches_the_reference_head(tiny_bundle):
+    result = run("benchmarks/head_in_graph.py", "--bundle", str(tiny_bundle), "--blocks", "2", timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert out.startswith("machine: ")
+    deviation = float(out.split("max |difference| ")[1].split()[0])
+    assert deviation < 1e-5
+    separate, merged = (float(out.split(key)[1].split(" ms")[0]) for key in ("NumPy head step ", "inside the graph "))
+    assert separate > 0 and merged > 0
