@@ -14,7 +14,7 @@ A prototype measurement: the daemon does not use the merged graph.
 from __future__ import annotations
 
 import argparse
-import time
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -89,25 +89,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--bundle", type=Path, default=None, help="bundle directory (default: the built-in one)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--blocks", type=int, default=60, help="alternating timed blocks (5 passes over 8 faces each)")
+    parser.add_argument("--blocks", type=int, default=60,
+                        help="alternating timed blocks (5 passes over the golden faces each)")
     args = parser.parse_args(argv)
-
-    import onnxruntime as ort
 
     from edge.bundle.default import resolve_bundle
     from edge.head.params import load_head_params
     from edge.head.reference import head_forward
     from edge.head.runner import NumpyHead
     from edge.head.smoothing import SmoothingSpec
-    from edge.pipeline.bench import machine, machine_line
+    from edge.pipeline.bench import machine, machine_line, ort_session, time_rotating
 
     bundle = resolve_bundle(args.bundle)
     params = load_head_params(bundle.role("head"))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = args.threads
-    options.inter_op_num_threads = 1
-    graph = ort.InferenceSession(str(bundle.role("onnx_cpu")), options, providers=["CPUExecutionProvider"])
-    merged = ort.InferenceSession(merged_graph(bundle).SerializeToString(), options, providers=["CPUExecutionProvider"])
+    graph = ort_session(bundle.role("onnx_cpu"), args.threads)
+    merged = ort_session(merged_graph(bundle).SerializeToString(), args.threads)
 
     faces = np.load(bundle.role("golden_inputs"))
     fe, au = merged.run(None, {"image": faces})
@@ -117,26 +113,18 @@ def main(argv: list[str] | None = None) -> int:
     head = NumpyHead(params, SmoothingSpec(mode="none"))
     slots, fresh = np.zeros(1, np.int32), np.ones(1, bool)
     singles = [faces[i : i + 1] for i in range(len(faces))]
-    samples: dict[str, list[float]] = {"separate": [], "merged": []}
+    separate_faces, merged_faces = itertools.cycle(singles), itertools.cycle(singles)
 
     def separate() -> None:
-        for x in singles:
-            t0 = time.perf_counter()
-            f, g = graph.run(["f", "g"], {"image": x})
-            head.run(f, g, slots, fresh)
-            samples["separate"].append(time.perf_counter() - t0)
+        head.run(*graph.run(["f", "g"], {"image": next(separate_faces)}), slots, fresh)
 
     def together() -> None:
-        for x in singles:
-            t0 = time.perf_counter()
-            merged.run(None, {"image": x})
-            samples["merged"].append(time.perf_counter() - t0)
+        merged.run(None, {"image": next(merged_faces)})
 
-    for block in range(args.blocks):
-        for fn in (separate, together) if block % 2 == 0 else (together, separate):
-            for _ in range(5):
-                fn()
-    a, b = (float(np.median(samples[k])) * 1e3 for k in ("separate", "merged"))
+    # each block: 5 passes over the faces per variant, the order rotating
+    times = time_rotating({"separate": separate, "merged": together}, args.blocks * 5 * len(singles),
+                          rounds=args.blocks)
+    a, b = (float(np.median(times[k])) for k in ("separate", "merged"))
     m = bundle.manifest
     print(f"{machine_line(machine())}; {args.threads} threads, batch 1")
     print(f"bundle: {m.name} {m.version} build {m.build} ({m.input.crop_size} px)")

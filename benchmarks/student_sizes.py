@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -52,25 +51,14 @@ def lower(config, work: Path) -> tuple[Path, Path]:
 
 
 def time_graphs(paths: dict[str, Path], size: int, threads: int, runs: int) -> dict[str, float]:
-    """Median ms per batch-1 run, the graphs measured in alternating blocks of 50."""
-    import onnxruntime as ort
+    """Median ms per batch-1 run, the graphs measured in rotating blocks of about 50."""
+    from edge.pipeline.bench import ort_session, time_rotating
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    sessions = {k: ort.InferenceSession(str(p), options, providers=["CPUExecutionProvider"]) for k, p in paths.items()}
+    sessions = {k: ort_session(p, threads) for k, p in paths.items()}
     x = np.random.default_rng(1).normal(0, 1, (1, 3, size, size)).astype(np.float32)
-    samples: dict[str, list[float]] = {k: [] for k in sessions}
-    for session in sessions.values():
-        for _ in range(30):
-            session.run(None, {"image": x})
-    for block in range(max(1, runs // 50)):
-        for name in (list(sessions) if block % 2 == 0 else list(reversed(list(sessions)))):
-            for _ in range(50):
-                t0 = time.perf_counter()
-                sessions[name].run(None, {"image": x})
-                samples[name].append((time.perf_counter() - t0) * 1e3)
-    return {k: float(np.median(v)) for k, v in samples.items()}
+    runners = {k: (lambda s=s: s.run(None, {"image": x})) for k, s in sessions.items()}
+    times = time_rotating(runners, runs, rounds=max(1, runs // 50), warmup=30)
+    return {k: float(np.median(v)) for k, v in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -167,14 +167,16 @@ def accuracy_retention(manifest: Manifest) -> dict[str, Any]:
 # ------------------------------------------------------------------ model graphs
 
 
-def ort_session(path: Path, threads: int):
+def ort_session(model: Path | bytes, threads: int):
+    """A CPU session on a graph file, or on serialized graph bytes built in memory."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    source = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
 
 
 def time_rotating(runners: dict[str, Any], iterations: int, rounds: int = 10, warmup: int = 10) -> dict[str, list]:
