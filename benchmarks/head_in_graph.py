@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from edge.bundle.default import resolve_bundle
+    from edge.head.fp32_bound import head_bound
     from edge.head.params import load_head_params
     from edge.head.reference import head_forward
     from edge.head.runner import NumpyHead
@@ -107,8 +108,12 @@ def main(argv: list[str] | None = None) -> int:
 
     faces = np.load(bundle.role("golden_inputs"))
     fe, au = merged.run(None, {"image": faces})
-    ref = head_forward(params, *graph.run(["f", "g"], {"image": faces}))
+    f, g = graph.run(["f", "g"], {"image": faces})
+    ref, bound = head_forward(params, f, g), head_bound(params, f, g)
     deviation = max(float(np.abs(fe - ref.fe_prob).max()), float(np.abs(au - ref.au_prob).max()))
+    # the share of docs/head.md's float32 rounding bound used, worst element: above 1 is a real disagreement
+    used = max(float((np.abs(fe - ref.fe_prob) / bound.fe_prob).max()),
+               float((np.abs(au - ref.au_prob) / bound.au_prob).max()))
 
     head = NumpyHead(params, SmoothingSpec(mode="none"))
     slots, fresh = np.zeros(1, np.int32), np.ones(1, bool)
@@ -128,7 +133,8 @@ def main(argv: list[str] | None = None) -> int:
     m = bundle.manifest
     print(f"{machine_line(machine())}; {args.threads} threads, batch 1")
     print(f"bundle: {m.name} {m.version} build {m.build} ({m.input.crop_size} px)")
-    print(f"merged graph vs graph + reference head, golden inputs: max |difference| {deviation:.1e}")
+    print(f"merged graph vs graph + reference head, golden inputs: max |difference| {deviation:.1e}, "
+          f"{used:.2g} of the float32 bound")
     print(f"per face, p50: graph + NumPy head step {a:.3f} ms; head inside the graph {b:.3f} ms; "
           f"saves {a - b:.3f} ms ({a / b:.2f}x)")
     return 0

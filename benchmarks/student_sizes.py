@@ -9,7 +9,8 @@ X ms" without a training run.
     pip install "torch==2.13.0" -e ".[edge,quantize]"
     python benchmarks/student_sizes.py 112:48,96,128:3,2,1 80:48,96,128:3,2,1 [--threads 2] [--runs 400]
 
-A shape is CROP:WIDTHS:BLOCKS (the `DistillSettings` fields crop_size, widths, blocks).
+A shape is CROP:WIDTHS:BLOCKS[:STEM] (the `DistillSettings` fields crop_size, widths, blocks, stem_width);
+a `g` after the crop (`48g:...`) makes a grey, one-channel student.
 """
 
 from __future__ import annotations
@@ -25,11 +26,16 @@ def parse_shape(text: str):
     from quantize.student.model import StudentConfig
 
     try:
-        crop, widths, blocks = text.split(":")
-        return StudentConfig(crop_size=int(crop), widths=tuple(int(w) for w in widths.split(",")),
-                             blocks=tuple(int(b) for b in blocks.split(",")), feature_dim=64)
+        crop, widths, blocks, *stem = text.split(":")
+        if len(stem) > 1:
+            raise ValueError("too many fields")
+        grey = crop.endswith("g")
+        return StudentConfig(crop_size=int(crop.rstrip("g")), in_channels=1 if grey else 3,
+                             widths=tuple(int(w) for w in widths.split(",")),
+                             blocks=tuple(int(b) for b in blocks.split(",")), feature_dim=64,
+                             stem_width=int(stem[0]) if stem else None)
     except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r}: expected CROP:W1,W2,..:B1,B2,.. ({exc})") from exc
+        raise argparse.ArgumentTypeError(f"{text!r}: expected CROP[g]:W1,W2,..:B1,B2,..[:STEM] ({exc})") from exc
 
 
 def lower(config, work: Path) -> tuple[Path, Path]:
@@ -43,19 +49,20 @@ def lower(config, work: Path) -> tuple[Path, Path]:
     fold_batchnorm(model)
     set_mode(model, "float")
     raw, fp32, int8 = work / "raw.onnx", work / "fp32.onnx", work / "int8.onnx"
-    export_onnx(model, raw, config.crop_size)
+    export_onnx(model, raw, config.crop_size, config.in_channels)
     simplify(raw, fp32)
     rng = np.random.default_rng(0)
-    quantize_for_cpu(fp32, int8, rng.normal(0, 1, (32, 3, config.crop_size, config.crop_size)).astype(np.float32))
+    shape = (32, config.in_channels, config.crop_size, config.crop_size)
+    quantize_for_cpu(fp32, int8, rng.normal(0, 1, shape).astype(np.float32))
     return fp32, int8
 
 
-def time_graphs(paths: dict[str, Path], size: int, threads: int, runs: int) -> dict[str, float]:
+def time_graphs(paths: dict[str, Path], size: int, threads: int, runs: int, channels: int = 3) -> dict[str, float]:
     """Median ms per batch-1 run, the graphs measured in rotating blocks of about 50."""
     from edge.pipeline.bench import ort_session, time_rotating
 
     sessions = {k: ort_session(p, threads) for k, p in paths.items()}
-    x = np.random.default_rng(1).normal(0, 1, (1, 3, size, size)).astype(np.float32)
+    x = np.random.default_rng(1).normal(0, 1, (1, channels, size, size)).astype(np.float32)
     runners = {k: (lambda s=s: s.run(None, {"image": x})) for k, s in sessions.items()}
     times = time_rotating(runners, runs, rounds=max(1, runs // 50), warmup=30)
     return {k: float(np.median(v)) for k, v in times.items()}
@@ -63,7 +70,8 @@ def time_graphs(paths: dict[str, Path], size: int, threads: int, runs: int) -> d
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("shapes", nargs="+", type=parse_shape, help="CROP:WIDTHS:BLOCKS, e.g. 80:48,96,128:3,2,1")
+    parser.add_argument("shapes", nargs="+", type=parse_shape,
+                        help="CROP[g]:WIDTHS:BLOCKS[:STEM], e.g. 80:48,96,128:3,2,1 or 48g:32,64,128:1,1,1:24")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=400, help="timed runs per graph (default 400)")
     args = parser.parse_args(argv)
@@ -76,8 +84,10 @@ def main(argv: list[str] | None = None) -> int:
         with tempfile.TemporaryDirectory() as work:
             fp32, int8 = lower(config, Path(work))
             macs = onnx_macs(fp32)["macs"]
-            t = time_graphs({"int8": int8, "fp32": fp32}, config.crop_size, args.threads, args.runs)
-        print(f"{config.crop_size:>5} {','.join(map(str, config.widths)):>14} {','.join(map(str, config.blocks)):>8} "
+            t = time_graphs({"int8": int8, "fp32": fp32}, config.crop_size, args.threads, args.runs,
+                            config.in_channels)
+        crop = f"{config.crop_size}{'g' if config.in_channels == 1 else ''}"
+        print(f"{crop:>5} {','.join(map(str, config.widths)):>14} {','.join(map(str, config.blocks)):>8} "
               f"{macs / 1e6:>8.1f}M {t['int8']:>9.3f} {t['fp32']:>9.3f} {t['fp32'] / t['int8']:>9.2f}x",
               flush=True)
     return 0

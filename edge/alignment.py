@@ -23,15 +23,26 @@ def template_for(size: int, base: np.ndarray = TEMPLATE_112, base_size: int = 11
 
 
 def similarity_matrix(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """2x3 least-squares similarity (rotation, uniform scale, translation) mapping src -> dst points."""
-    src = np.asarray(src, dtype=np.float32).reshape(-1, 2)
-    dst = np.asarray(dst, dtype=np.float32).reshape(-1, 2)
+    """2x3 least-squares similarity (rotation, uniform scale, translation) mapping src -> dst points.
+
+    Closed form (Umeyama 1991; in 2D the similarity is one complex factor a with w = a z + b): with
+    centred points z, w, a = sum(conj(z) w) / sum(|z|^2). Every point counts, so a noisy landmark moves the
+    crop a little instead of being voted out or in (OpenCV's robust estimators on five points flip
+    between subsets from one frame to the next, and are not the least-squares fit).
+    """
+    src = np.asarray(src, dtype=np.float64).reshape(-1, 2)
+    dst = np.asarray(dst, dtype=np.float64).reshape(-1, 2)
     if src.shape != dst.shape or len(src) < 2:
         raise ValueError(f"need matching point sets of at least 2 points, got {src.shape} and {dst.shape}")
-    matrix, _ = cv2.estimateAffinePartial2D(src, dst, method=cv2.LMEDS)
-    if matrix is None:
+    z = (src[:, 0] - src[:, 0].mean()) + 1j * (src[:, 1] - src[:, 1].mean())
+    w = (dst[:, 0] - dst[:, 0].mean()) + 1j * (dst[:, 1] - dst[:, 1].mean())
+    spread = float(np.sum(np.abs(z) ** 2))
+    if not np.isfinite(spread) or spread <= 1e-12 * max(1.0, float(np.abs(src).max()) ** 2):
         raise ValueError("landmarks are degenerate (no similarity transform fits them)")
-    return matrix.astype(np.float32)
+    a = np.sum(np.conj(z) * w) / spread
+    rot = np.array([[a.real, -a.imag], [a.imag, a.real]])
+    shift = dst.mean(axis=0) - rot @ src.mean(axis=0)
+    return np.hstack([rot, shift[:, None]]).astype(np.float32)
 
 
 def align_face(image: np.ndarray, landmarks: np.ndarray, template: np.ndarray, size: int) -> np.ndarray:

@@ -7,9 +7,11 @@ from collections.abc import Sequence
 from edge.bundle import BundleError
 from edge.cli.app import CLIError, build_parser, run
 from quantize import __version__
+from quantize.data.types import DataError
 
 COMMANDS = (
     "quantize.labels_cmd",
+    "quantize.faces_cmd",
     "quantize.teacher_cmd",
     "quantize.distill_cmd",
     "quantize.data.contact_sheet",
@@ -24,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         COMMANDS,
         __version__,
     )
-    return run(parser, argv, (CLIError, BundleError, FileNotFoundError))
+    return run(parser, argv, (CLIError, BundleError, DataError, FileNotFoundError))
 
 
 if __name__ == "__main__":

@@ -18,6 +18,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--qat-steps", type=int, default=None)
     d.add_argument("--batch", type=int, default=None)
     d.add_argument("--crop-size", type=int, default=None, help="student input crop in pixels (default: the teacher's)")
+    d.add_argument("--widths", default=None, help="student stage widths, e.g. 32,64,128")
+    d.add_argument("--blocks", default=None, help="residual blocks per stage, e.g. 1,1,1")
+    d.add_argument("--stem-width", type=int, default=None)
+    d.add_argument("--photo-fraction", type=float, default=None,
+                   help="share of each batch drawn from the real London photos (generated-data teachers)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=_distill)
@@ -31,8 +36,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--overwrite", action="store_true")
     e.set_defaults(func=_export)
 
+    m = sub.add_parser("add-metrics", help="write figures measured on a bundle (benchmarks/real_faces.py --json) "
+                                           "into its manifest")
+    m.add_argument("--bundle", type=Path, required=True)
+    m.add_argument("--report", type=Path, required=True, help="the JSON report of benchmarks/real_faces.py")
+    m.set_defaults(func=_add_metrics)
+
     r = sub.add_parser("recipe", help="documented, seeded end-to-end recipes")
     r.add_argument("name", choices=["default"], help="default: the bundle shipped inside the package")
+    r.add_argument("--faces", type=Path, required=True,
+                   help="real-face caches with their blendshapes (affect-quantize faces + quantize.data.blendshapes; "
+                        "docs/data.md)")
     r.add_argument("--work", type=Path, default=Path("runs/default"), help="run directories (resumable)")
     r.add_argument("--out", type=Path, default=None, help="bundle output (default: edge/models/default)")
     r.add_argument("--no-progress", action="store_true")
@@ -43,20 +57,24 @@ def load_teacher(run: Path):
     from quantize.ssm.config import SSMConfig
     from quantize.ssm.model import SSMTeacher
     from quantize.train import checkpoint as ck
-    from quantize.train.recipe import DataRecipe
+    from quantize.train.recipe import data_source
 
     state = ck.load(run / ck.CHECKPOINT)
     teacher = SSMTeacher(SSMConfig(**state["model_config"]))
     teacher.load_state_dict(state["model"])
     teacher.eval()
-    return teacher, DataRecipe(**state.get("meta", {}).get("recipe", {}))
+    return teacher, data_source(state.get("meta", {}))
 
 
 def _distill(args: argparse.Namespace) -> int:
     from quantize.distill.loop import DistillSettings
 
+    def ints(text: str | None) -> tuple[int, ...] | None:
+        return None if text is None else tuple(int(v) for v in text.split(","))
+
     given = {"fp32_steps": args.fp32_steps, "qat_steps": args.qat_steps, "batch": args.batch,
-             "crop_size": args.crop_size}
+             "crop_size": args.crop_size, "widths": ints(args.widths), "blocks": ints(args.blocks),
+             "stem_width": args.stem_width, "photo_fraction": args.photo_fraction}
     settings = DistillSettings(seed=args.seed, progress=not args.no_progress,
                                **{k: v for k, v in given.items() if v is not None})
     run_distill(args.teacher, args.out, settings)
@@ -66,13 +84,12 @@ def _distill(args: argparse.Namespace) -> int:
 def run_distill(teacher_run: Path, out: Path, settings) -> dict:
     """Both phases plus the comparison table on person-disjoint holdout data (thresholds from val)."""
     from quantize.distill.loop import calibrate_student, distill, evaluate, summary
-    from quantize.train.recipe import build_split
 
     teacher, recipe = load_teacher(teacher_run)
     out.mkdir(parents=True, exist_ok=True)
     (out / DISTILL_SETTINGS).write_text(json.dumps({"teacher": str(teacher_run.resolve()),
                                                     "settings": settings.model_dump(mode="json")}, indent=2))
-    train, val, holdout = (build_split(recipe, s) for s in ("train", "val", "holdout"))
+    train, val, holdout = (recipe.split(s) for s in ("train", "val", "holdout"))
     labels = teacher.cfg.labels
     started = time.monotonic()
     fp32 = distill(teacher, train, settings.model_copy(update={"qat_steps": 0}), out)
@@ -82,13 +99,13 @@ def run_distill(teacher_run: Path, out: Path, settings) -> dict:
     offsets = calibrate_student(int8, val, settings)
     rows["student_int8_qat"] = evaluate(int8, val, holdout, labels)
     table, metrics = summary(rows)
-    print(f"\nholdout: {len(holdout)} faces of people never trained on; AU thresholds calibrated on val\n{table}")
+    print(f"\nholdout: {len(holdout)} faces ({recipe.describe()}); AU thresholds calibrated on val\n{table}")
     print("expression logit offsets fitted on val (INT8 student): "
           + ", ".join(f"{e} {o:+.2f}" for e, o in zip(labels.expressions, offsets, strict=True)))
     result = {"metrics": metrics, "thresholds": rows["student_int8_qat"].thresholds.tolist(),
               "fe_logit_offsets": offsets.tolist(),
               "seconds": time.monotonic() - started, "data": recipe.model_dump(mode="json"),
-              "holdout_faces": len(holdout)}
+              "holdout_faces": len(holdout), "holdout_name": recipe.holdout_name}
     (out / "distill_metrics.json").write_text(json.dumps(result, indent=2))
     (out / "distill_metrics.txt").write_text(table + "\n")
     return result
@@ -129,47 +146,82 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def training_data_text(data: dict, photo_share: str) -> str:
+    """The manifest's `training_data`: what the bundle learned from, with each source's terms."""
+    if "faces" in data:
+        return (
+            "real faces: FER2013 Training (Kaggle ICML 2013 challenge data, research use, no open licence) with "
+            f"the FER+ crowd votes (microsoft/FERPlus, MIT; {data.get('vote_weight', 0.5):.0%} of each expression "
+            "target, the rest the FER2013 label); AU targets on FER2013 from MediaPipe Face Landmarker blendshapes "
+            "(Apache-2.0 model, docs/data.md); the real London Face Research Lab neutral/smiling photos of the "
+            "training people (CC BY 4.0); generated AU-coded faces (AU-driven warps of London neutral photos, "
+            "procedural faces). NOT trained on FACS-coded data. Checkpoints, AU thresholds and expression logit "
+            "offsets chosen on FER2013 PublicTest and the London validation people only; FER2013 PrivateTest and "
+            "the London holdout people never used to fit anything"
+        )
+    return (
+        f"generated faces only ({data['kind']}: AU-driven warps of London Face Research Lab neutral photos "
+        f"(CC BY 4.0) and procedural faces, n_train={data['n_train']}) plus the real London neutral/smiling "
+        f"photos of training people ({photo_share}); NOT trained on FACS-coded data; people in "
+        "validation/holdout never trained on; expression logit offsets and AU thresholds fitted on the "
+        "validation people only"
+    )
+
+
 def export_run(run: Path, out: Path, name: str, version: str, build: int, overwrite: bool = False) -> None:
     import numpy as np
+    import torch
 
     from edge.alignment import template_for
     from edge.bundle import read_bundle
-    from quantize.data.torch_data import IMAGE_MEAN, IMAGE_STD, normalise
+    from quantize.data.torch_data import input_spec
     from quantize.distill.student_ssm import student_input
     from quantize.export.bundle_export import ExportSpec, export_bundle
-    from quantize.train.recipe import build_split
+    from quantize.train.tensors import make_batch
 
     student, teacher, recipe = load_student(run)
     result = json.loads((run / "distill_metrics.json").read_text())
-    train, holdout = build_split(recipe, "train"), build_split(recipe, "holdout")
+    train, holdout = recipe.split("train"), recipe.split("holdout")
     rng = np.random.default_rng(0)
     crop = student.backbone.config.crop_size
-    picked = rng.choice(len(train), min(256, len(train)), replace=False)
-    calibration = student_input(normalise(train.images[picked]), crop).numpy()
-    golden = student_input(normalise(holdout.images[:8]), crop).numpy()
+    picked = np.sort(rng.choice(len(train), min(256, len(train)), replace=False))
+
+    def inputs(data, rows: np.ndarray) -> np.ndarray:  # the model's input as on the device: centre, normalised
+        return student_input(make_batch(data, torch.from_numpy(rows), gen=None)["image"], crop).numpy()
+
+    calibration, golden = inputs(train, picked), inputs(holdout, np.arange(min(8, len(holdout))))
     data = result["data"]
     settings = json.loads((run / DISTILL_SETTINGS).read_text())["settings"]
     share = settings.get("photo_fraction", 0.0)
     photo_share = f"{share:.0%} of each distillation batch" if share else "sampled like the generated faces"
+    norm = input_spec(student.backbone.config.in_channels)
     spec = ExportSpec(
         name=name, version=version, build=build, labels=teacher.cfg.labels, crop_size=crop,
-        mean=list(IMAGE_MEAN), std=list(IMAGE_STD), alignment=template_for(crop).tolist(),
+        mean=norm["mean"], std=norm["std"], channels=norm["channels"], color_order=norm["color_order"],
+        alignment=template_for(crop).tolist(),
         description="SSM teacher distilled with QAT into an INT8 CNN student (affect-sensor)",
-        training_data=(
-            f"generated faces only ({data['kind']}: AU-driven warps of London Face Research Lab neutral photos "
-            f"(CC BY 4.0) and procedural faces, n_train={data['n_train']}) plus the real London neutral/smiling "
-            f"photos of training people ({photo_share}); NOT trained on FACS-coded data; people in "
-            "validation/holdout never trained on; expression logit offsets and AU thresholds fitted on the "
-            "validation people only"
-        ),
-        metrics=[{**m, "data": f"generated holdout faces of unseen people (n={result['holdout_faces']}), "
-                                 "AU thresholds calibrated on the validation split"} for m in result["metrics"]],
+        training_data=training_data_text(data, photo_share),
+        metrics=[{**m, "data": f"{result.get('holdout_name', 'generated holdout faces of unseen people')} "
+                               f"(n={result['holdout_faces']}), AU thresholds calibrated on the validation split"}
+                 for m in result["metrics"]],
     )
     export_bundle(student.backbone, student.export_head(np.asarray(result["thresholds"])), spec, calibration,
                   golden, out, overwrite=overwrite)
     bundle = read_bundle(out)
     size = sum(e.size for e in bundle.manifest.files.values())
     print(f"wrote bundle {out}: {name} {version} build {build}, {len(bundle.manifest.files)} files, {size:,d} bytes")
+
+
+def _add_metrics(args: argparse.Namespace) -> int:
+    from edge.cli.app import CLIError
+    from quantize.export.measured import add_metrics
+
+    try:
+        n = add_metrics(args.bundle, args.report)
+    except (ValueError, KeyError, OSError) as exc:
+        raise CLIError(f"add-metrics: {exc}") from exc
+    print(f"{args.bundle}: {n} measured metric entries from {args.report}")
+    return 0
 
 
 def check_resumable(distill_run: Path, settings) -> None:
@@ -189,31 +241,44 @@ def check_resumable(distill_run: Path, settings) -> None:
                        "delete it or pass another --work")
 
 
+# The default bundle's teacher and student (docs/recipe.md).
+RECIPE_TEACHER = ["--config", "real", "--steps", "12000", "--batch", "64", "--seed", "0"]
+RECIPE_STUDENT = {"widths": (64, 128, 256), "blocks": (1, 1, 1), "stem_width": 32, "fp32_steps": 6000,
+                  "qat_steps": 1500, "batch": 64, "lr": 2e-3, "photo_fraction": 0.0, "fe_bias_photo_weight": None,
+                  "seed": 0}
+
+
 def _recipe(args: argparse.Namespace) -> int:
-    """The default bundle: tiny teacher -> distill + QAT -> export, seeded; see docs/recipe.md."""
+    """The default bundle: real-face SSM teacher -> distill + QAT -> export, seeded; see docs/recipe.md."""
     import subprocess
     import sys
 
     from edge.bundle.default import DEFAULT_BUNDLE_DIR
+    from edge.cli.app import CLIError
     from quantize.distill.loop import DistillSettings
 
+    needed = [args.faces / f"{split}{kind}" for split in ("train", "val") for kind in (".npz", ".blendshapes.npz")]
+    missing = [str(p) for p in needed if not p.is_file()]
+    if missing:
+        raise CLIError(f"--faces {args.faces}: missing {', '.join(missing)}; build them with `affect-quantize faces` "
+                       "and `python -m quantize.data.blendshapes` (docs/data.md, \"Real faces\")")
     out = args.out or DEFAULT_BUNDLE_DIR
     teacher_run, distill_run = args.work / "teacher", args.work / "distill"
     started = time.monotonic()
-    check_resumable(distill_run, DistillSettings(seed=0, progress=not args.no_progress))  # fail fast
-    cmd = [sys.executable, "-m", "quantize.cli", "teacher", "train", "--config", "tiny", "--out", str(teacher_run),
-           "--seed", "0", "--data-kind", "mixed"]
+    settings = DistillSettings(**RECIPE_STUDENT, progress=not args.no_progress)
+    check_resumable(distill_run, settings)  # fail fast
+    cmd = [sys.executable, "-m", "quantize.cli", "teacher", "train", *RECIPE_TEACHER, "--faces", str(args.faces),
+           "--out", str(teacher_run)]
     if args.no_progress:
         cmd.append("--no-progress")
     print("recipe default: 1/3 teacher:", " ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, check=True)
     print("recipe default: 2/3 distill + QAT", flush=True)
-    settings = DistillSettings(seed=0, progress=not args.no_progress)
     if not (distill_run / "distill_metrics.json").is_file():
         run_distill(teacher_run, distill_run, settings)
     print("recipe default: 3/3 export", flush=True)
     from edge import __version__
 
-    export_run(distill_run, out, "affect-default", __version__, 1, overwrite=True)
+    export_run(distill_run, out, "affect-default", __version__, 2, overwrite=True)
     print(f"recipe default: done in {(time.monotonic() - started) / 60:.1f} min")
     return 0

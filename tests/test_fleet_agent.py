@@ -6,18 +6,27 @@ kill -9) are in test_fleet_e2e.py; here each case is fast and isolated.
 
 from __future__ import annotations
 
+import http.server
+import io
 import json
+import os
 import shutil
+import socket
+import tarfile
+import threading
+import time
+from contextlib import contextmanager
 
 import pytest
 from fleet_helpers import device_config, document, evil_tar, http_server, make_key, signed_tar, variant, wrong_golden
 
-from edge.bundle.store import read_bundle
+from edge.bundle.store import read_bundle, sha256_file
 from edge.config import load_config
 from edge.fleet.agent import UpdateAgent
 from edge.fleet.archive import pack_bundle
-from edge.fleet.signing import manifest_signature
+from edge.fleet.signing import manifest_signature, sign_document
 from edge.fleet.store import BundleStore, Journal, Trial
+from edge.publish.payloads import UpdateDesired
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +173,178 @@ def test_a_switch_interrupted_before_confirmation_is_rolled_back_on_restart(tmp_
     UpdateAgent(config, "cam-01", reports.append).start()
     assert store.current_dir() == first
     assert [r.state for r in reports][-2:] == ["rolled_back", "idle"]
-    assert reports[-2].reason == "unhealthy" and "did not start running" in reports[-2].message
-    assert store.journal().trial is None
+    # No daemon judged the bundle: a transient cause, not remembered, so the retained document is retried.
+    assert reports[-2].reason == "no_frames" and "is the daemon running" in reports[-2].message
+    journal = store.journal()
+    assert journal.trial is None and not journal.refused
+    # Hygiene: the rolled-back bundle is gone and `previous` no longer names what is now current.
+    assert not second.exists() and store.previous_dir() is None
 
+
+
+# ---------------------------------------------------------------- issue 19: replay, downloads, hygiene, archives
+
+
+class _HostileMirror(http.server.BaseHTTPRequestHandler):
+    """Serves bytes of the right length that are not the bundle, and drops every connection half-way."""
+
+    data = b""
+
+    def do_GET(self) -> None:
+        rng = self.headers.get("Range")
+        start = int(rng.split("=")[1].rstrip("-")) if rng else 0
+        body = self.data[start:]
+        self.send_response(206 if rng else 200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body[: len(body) // 2])
+        self.wfile.flush()
+        self.connection.shutdown(socket.SHUT_RDWR)
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@contextmanager
+def hostile_mirror(size: int):
+    handler = type("Handler", (_HostileMirror,), {"data": os.urandom(size)})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_partial_download_poisoned_by_a_mirror_is_thrown_away_and_fetched_again(device, kit):
+    agent, store, reports = device
+    tar = kit["tars"]["b2"]
+    with hostile_mirror(tar.stat().st_size) as bad, http_server(kit["www"]) as good:
+        offer(agent, document(tar, f"{bad}/b2.tar", kit["key"], "device:cam-01"))
+        assert (reports[-1].state, reports[-1].reason) == ("failed", "download_failed")
+        part = store.staging / f"{sha256_file(tar)}.tar.part"
+        assert part.stat().st_size > 0 and not store.journal().refused  # resumable, not remembered
+        # The operator's correct document for the same tar resumes those bytes: they fail the hash, so the
+        # agent starts that download once more from zero instead of refusing the document for good.
+        offer(agent, document(tar, f"{good}/b2.tar", kit["key"], "device:cam-01"))
+    assert reports[-1].state == "active" and store.current().manifest.build == 2, reports[-1]
+    assert not store.journal().refused and not list(store.staging.iterdir())
+
+
+def test_refusals_leave_no_partial_download_and_no_bundle_in_the_store(device, kit):
+    agent, store, reports = device
+    offer(agent, document(kit["tars"]["b3"], url(kit, "b3"), kit["key"], "device:cam-01"))
+    assert store.current().manifest.build == 3
+    with hostile_mirror(kit["tars"]["expired"].stat().st_size) as bad:
+        offer(agent, document(kit["tars"]["expired"], f"{bad}/x.tar", kit["key"], "device:cam-01"))
+    assert reports[-1].reason == "download_failed" and len(list(store.staging.glob("*.part"))) == 1
+    offer(agent, document(kit["tars"]["b2"], url(kit, "b2"), kit["key"], "device:cam-01"))  # refused for good
+    assert reports[-1].reason == "older_build"
+    assert list(store.staging.iterdir()) == []  # the superseded partial download went with it
+    # A server that sends more than the signed size: refused for good, and its partial bytes with it.
+    with http_server(kit["www"]) as base:
+        body = {k: v for k, v in document(kit["tars"]["b2"], f"{base}/b3.tar", kit["key"], "device:cam-01",
+                                          allow_downgrade=True).items() if k not in ("signature", "key_id")}
+        offer(agent, sign_document(kit["key"], {**body, "sha256": sha256_file(kit["tars"]["b3"]), "size": 1000}))
+    assert (reports[-1].state, reports[-1].reason) == ("failed", "too_large"), reports[-1]
+    assert list(store.staging.iterdir()) == []
+    # A bundle that fails its self-test never enters the store, so it takes none of the update.keep slots.
+    offer(agent, document(kit["tars"]["badgolden"], url(kit, "badgolden"), kit["key"], "device:cam-01"))
+    assert reports[-1].reason == "selftest_failed"
+    assert sorted(b.manifest.build for b in store.installed()) == [1, 3]
+
+
+def test_a_kill_during_a_link_switch_leaves_nothing_beside_the_links(tmp_path, kit, monkeypatch):
+    config = load_config(device_config(tmp_path, "cam-01", kit["keys"], None, window_s=0))
+    store = BundleStore(config.update.bundles_dir)
+    first = store.seed(read_bundle(kit["tiny"]))
+    staged = variant(kit["tiny"], store.staging / "s", build=2)
+    second = store.install(staged, read_bundle(staged).manifest)
+    real_replace = os.replace
+
+    def killed(src, dst):  # the process dies between making the temp link and renaming it over `current`
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        store.switch(second)
+    monkeypatch.setattr(os, "replace", real_replace)
+    (store.root / ".current.4242.tmp").symlink_to(second.name)  # what older versions left in the store itself
+    assert store.current_dir() == first
+    UpdateAgent(config, "cam-01", lambda state: None).start()
+    assert store.current_dir() == first
+    assert sorted(p.name for p in store.root.iterdir()) == sorted([".lock", ".staging", "current", first.name,
+                                                                   second.name])
+    assert list(store.staging.iterdir()) == []
+
+
+def test_a_tar_with_a_file_and_a_member_below_it_is_an_unsafe_archive(device, kit, tmp_path):
+    agent, store, reports = device
+    before = store.current_dir()
+    raw = (kit["root"] / "b3" / "manifest.json").read_bytes()
+    tar_path = tmp_path / "clash.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        for name, data in (("manifest.json", raw), ("manifest.sig", manifest_signature(kit["key"], raw)),
+                           ("a", b"file"), ("a/b", b"below a file")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    offer(agent, document(tar_path, f"file://{tar_path}", kit["key"], "device:cam-01"))
+    assert (reports[-1].state, reports[-1].reason) == ("failed", "unsafe_archive"), reports[-1].message
+    assert "'a' is a file" in reports[-1].message and store.current_dir() == before
+
+
+def test_replayed_and_superseded_documents_are_never_applied(device, kit):
+    agent, store, reports = device
+    old = document(kit["tars"]["b2"], url(kit, "b2"), kit["key"], "device:cam-01")
+    offer(agent, old)
+    newer = document(kit["tars"]["b3"], url(kit, "b3"), kit["key"], "device:cam-01")
+    offer(agent, newer)
+    assert store.current().manifest.build == 3
+    offer(agent, old)  # recorded and republished by someone with broker access
+    assert (reports[-1].state, reports[-1].reason) == ("failed", "replayed") and reports[-1].desired.build == 2
+    assert store.current().manifest.build == 3
+    offer(agent, newer)  # the same document again (a reconnect re-delivers retained messages): fine
+    assert reports[-1].state == "active" and reports[-1].reason is None
+    # With the device document cleared, a group document issued before the applied one is not acted on.
+    agent.handle("fleet-test/cam-01/update/desired", b"")
+    n = len(reports)
+    group = {**old, "target": "group:lab", "ts_ms": newer["ts_ms"] - 1}
+    group = sign_document(kit["key"], {k: v for k, v in group.items() if k not in ("signature", "key_id")})
+    offer(agent, group, "fleet-test/groups/lab/update/desired")
+    assert len(reports) == n and store.current().manifest.build == 3
+    journal = store.journal()
+    assert journal.applied.build == 3 and journal.newest["device:cam-01"].ts_ms == newer["ts_ms"]
+
+
+def test_an_agent_killed_right_after_recording_a_document_still_applies_it(tmp_path, kit):
+    config = load_config(device_config(tmp_path, "cam-01", kit["keys"], None, window_s=0))
+    store = BundleStore(config.update.bundles_dir)
+    store.seed(read_bundle(kit["tiny"]))
+    doc = document(kit["tars"]["b2"], url(kit, "b2"), kit["key"], "device:cam-01")
+    first = UpdateAgent(config, "cam-01", lambda state: None)
+    first.start()
+    first._accept(UpdateDesired.model_validate(doc))  # the replay-state write, then a kill before anything else
+    reports = []
+    second = UpdateAgent(config, "cam-01", reports.append)
+    second.start()
+    offer(second, doc)  # the retained document arrives again after the restart: it is not a replay of itself
+    assert reports[-1].state == "active" and store.current().manifest.build == 2
+
+
+def test_downgrade_documents_must_expire_and_documents_must_name_their_schema(device, kit):
+    agent, store, reports = device
+    offer(agent, document(kit["tars"]["b3"], url(kit, "b3"), kit["key"], "device:cam-01"))
+    signed = document(kit["tars"]["b2"], url(kit, "b2"), kit["key"], "device:cam-01", allow_downgrade=True)
+    assert abs(signed["expires_ms"] / 1000 - (time.time() + 24 * 3600)) < 60  # the operator side's default
+    body = {k: v for k, v in signed.items() if k not in ("signature", "key_id")}
+    offer(agent, sign_document(kit["key"], {**body, "expires_ms": None}))
+    assert (reports[-1].state, reports[-1].reason) == ("failed", "bad_document")
+    assert "expires_ms" in reports[-1].message and store.current().manifest.build == 3
+    body.pop("schema_version")
+    offer(agent, sign_document(kit["key"], body))
+    assert (reports[-1].reason, reports[-1].message.split(": ", 1)[1]) == (
+        "bad_document", "schema_version: expected 1, got None")
+    offer(agent, signed)
+    assert reports[-1].state == "active" and store.current().manifest.build == 2

@@ -32,6 +32,7 @@ from mqtt_broker import Collector, Mosquitto, require_mosquitto
 
 from edge.bundle.store import read_bundle
 from edge.fleet.health import read_report
+from edge.fleet.signing import sign_document
 from edge.fleet.store import BundleStore
 
 PREFIX = "fleet-test"
@@ -66,9 +67,9 @@ class Device:
         self.start_agent()
         return self
 
-    def start_agent(self, pause: str | None = None) -> None:
-        self.agent = self._spawn(["update-agent"], "agent.log",
-                                 {"AFFECT_SENSOR_AGENT_PAUSE": pause} if pause else None)
+    def start_agent(self, pause: str | None = None, overrides: tuple[str, ...] = ()) -> None:
+        args = ["update-agent", *[a for o in overrides for a in ("--set", o)]]
+        self.agent = self._spawn(args, "agent.log", {"AFFECT_SENSOR_AGENT_PAUSE": pause} if pause else None)
 
     def kill_agent(self) -> None:
         assert self.agent is not None
@@ -103,6 +104,11 @@ def wait_state(col: Collector, dev: Device, check, timeout: float = 60.0) -> dic
     return states(col, dev.name)[-1]
 
 
+def applied_build(dev: Device) -> int | None:
+    applied = dev.store.journal().applied
+    return None if applied is None else applied.build
+
+
 def wait_healthy(dev: Device, build: int, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -127,9 +133,13 @@ def kit(tmp_path_factory, tiny_bundle):
     tars = {}
     for build in range(2, 10):
         tars[build] = signed_tar(variant(tiny_bundle, root / f"b{build}", build=build), key, www / f"b{build}.tar")
+    labels = read_bundle(tiny_bundle).manifest.labels
     specials = {"expired": (20, {"expires": "2020-01-01T00:00:00Z"}),
                 "badgolden": (21, {"replace": wrong_golden(tiny_bundle)}),
-                "nan": (22, {"replace": nan_on_real_faces(tiny_bundle)})}
+                "nan": (22, {"replace": nan_on_real_faces(tiny_bundle)}),
+                # One AU fewer in the manifest than in the head file: passes the golden self-test, but the
+                # daemon's loader refuses it (finding 2 of issue 19).
+                "labels": (23, {"labels": {"aus": labels.aus[:-1], "expressions": labels.expressions}})}
     for name, (build, kw) in specials.items():
         tars[name] = signed_tar(variant(tiny_bundle, root / name, build=build, **kw), key, www / f"{name}.tar")
     rogue = make_key(root / "rogue")
@@ -197,7 +207,17 @@ BAD = [  # (name, document factory, expected state, expected reason)
                                                            k["key"], "device:cam-x"), "failed", "selftest_failed"),
     ("daemon unhealthy after switch", lambda k, base: document(k["tars"]["nan"], f"{base}/nan.tar", k["key"],
                                                                "device:cam-x"), "rolled_back", "unhealthy"),
+    ("a bundle the daemon cannot load", lambda k, base: document(k["tars"]["labels"], f"{base}/labels.tar",
+                                                                 k["key"], "device:cam-x"), "failed", "bad_bundle"),
+    ("downgrade without expiry", lambda k, base: unexpiring_downgrade(k, base), "failed", "bad_document"),
 ]
+
+
+def unexpiring_downgrade(kit: dict, base: str) -> dict:
+    """A correctly signed allow_downgrade document without expires_ms (older tools made these by default)."""
+    doc = document(kit["tars"][2], f"{base}/b2.tar", kit["key"], "device:cam-x", allow_downgrade=True)
+    body = {k: v for k, v in doc.items() if k not in ("signature", "key_id")}
+    return sign_document(kit["key"], {**body, "expires_ms": None})
 
 
 def test_bad_updates_are_refused_or_rolled_back_while_the_previous_bundle_keeps_running(tmp_path, broker, kit):
@@ -218,16 +238,23 @@ def test_bad_updates_are_refused_or_rolled_back_while_the_previous_bundle_keeps_
                                     and s["ts_ms"] >= d["ts_ms"])
                 assert (report["state"], report["reason"]) == (state, reason), (name, report)
                 assert dev.store.current_dir() == running, name
+                # Nothing refused keeps a place in the store, nor (unless it may resume) a download in staging.
+                assert {b.manifest.build for b in dev.store.installed()} <= {1, 3}, name
+                kept = [p.name for p in dev.store.staging.iterdir()]
+                assert kept == ([f"{doc['sha256']}.tar.part"] if reason == "download_failed" else []), (name, kept)
                 before = dev.health().frames
                 wait_healthy(dev, 3)
                 time.sleep(0.6)
                 assert dev.health().frames > before and dev.health().bundle_dir == str(running), name
             assert dev.daemon.poll() is None and dev.agent.poll() is None
+            log = (dev.dir / "daemon.log").read_text()
+            assert "-b23" not in log  # the unloadable bundle never became `current`, so no daemon ever saw it
     finally:
         dev.stop()
 
 
-STEPS = ["downloading", "verifying", "self_testing", "activating", "health_check"]
+# "accepted": right after the agent recorded the document in its replay state (journal), before any download.
+STEPS = ["accepted", "downloading", "verifying", "self_testing", "activating", "health_check"]
 
 
 def test_kill_9_of_the_agent_at_each_step_leaves_a_complete_bundle_active(tmp_path, broker, kit):
@@ -238,12 +265,15 @@ def test_kill_9_of_the_agent_at_each_step_leaves_a_complete_bundle_active(tmp_pa
                 http_server(kit["www"], throttle_s=0.05) as base:
             wait_healthy(dev, 1)
             running = 1
-            for build, step in zip(range(4, 9), STEPS, strict=True):
+            for build, step in zip(range(4, 10), STEPS, strict=True):
                 dev.start_agent(pause=f"{step}:30")
                 publish(broker.plain_port, "cam-k",
                         document(kit["tars"][build], f"{base}/b{build}.tar", kit["key"], "device:cam-k"))
-                wait_state(col, dev, lambda s, st=step, b=build: s["state"] == st
-                           and (s["desired"] or {}).get("build") == b)
+                if step == "accepted":  # not a reported state: the journal names the document once written
+                    assert col.wait_for(lambda _, b=build: applied_build(dev) == b, 60), dev.logs()
+                else:
+                    wait_state(col, dev, lambda s, st=step, b=build: s["state"] == st
+                               and (s["desired"] or {}).get("build") == b)
                 if step == "downloading":  # let some bytes land in the .part file first
                     assert col.wait_for(lambda _, b=build: any(
                         (s.get("progress") or 0) > 0 for s in states(col, "cam-k")
@@ -251,13 +281,93 @@ def test_kill_9_of_the_agent_at_each_step_leaves_a_complete_bundle_active(tmp_pa
                 dev.kill_agent()
                 current = dev.store.current()  # verifies every file hash: complete, never half-switched
                 assert current is not None and current.manifest.build in (running, build), step
+                journal = dev.store.journal()  # readable (written atomically) and, once written, naming this build
+                assert journal.applied is None or journal.applied.build in (running, build), step
                 dev.start_agent()
                 wait_state(col, dev, lambda s, b=build: s["state"] == "active" and s["current"]["build"] == b, 90)
                 wait_healthy(dev, build)
-                assert dev.store.journal().trial is None
+                journal = dev.store.journal()
+                assert journal.trial is None and journal.applied.build == build and not journal.refused, step
+                assert [p.name for p in dev.store.root.glob(".*.tmp")] == [], step  # no temp link left behind
                 dev.kill_agent()
                 running = build
             leftovers = [p.name for p in dev.store.staging.iterdir()]
             assert leftovers == [], leftovers
     finally:
         dev.stop()
+
+
+def test_a_replayed_signed_downgrade_does_not_roll_a_device_back(tmp_path, broker, kit):
+    """Issue 19, finding 1: an attacker with broker write access records the operator's signed downgrade
+    document and republishes it (retained) after the operator has moved on; the device must stay put."""
+    dev = Device(tmp_path, "cam-r", kit["keys"], broker.plain_port).start()
+    topic = f"{PREFIX}/cam-r/update/desired"
+    cli = ["--key", str(kit["keyfile"]), "--device", "cam-r", "--host", "127.0.0.1", "--port",
+           str(broker.plain_port), "--prefix", PREFIX]
+    try:
+        with Collector(broker.plain_port, [f"{PREFIX}/cam-r/update/state", topic]) as col, \
+                http_server(kit["www"]) as base:
+            wait_healthy(dev, 1)
+            publish(broker.plain_port, "cam-r", document(kit["tars"][3], f"{base}/b3.tar", kit["key"], "device:cam-r"))
+            wait_state(col, dev, lambda s: s["state"] == "active" and s["current"]["build"] == 3)
+            # The operator's explicit downgrade, with the CLI's default expiry (a day), as the attacker records it.
+            proc = subprocess.run([*CLI, "fleet", "publish", str(kit["tars"][2]), "--url", f"{base}/b2.tar",
+                                   "--allow-downgrade", *cli], capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 0, proc.stderr
+            wait_state(col, dev, lambda s: s["state"] == "active" and s["current"]["build"] == 2)
+            recorded = col.on(topic)[-1].payload
+            expires = json.loads(recorded)["expires_ms"]
+            assert expires is not None and abs(expires / 1000 - (time.time() + 24 * 3600)) < 600
+            publish(broker.plain_port, "cam-r", document(kit["tars"][4], f"{base}/b4.tar", kit["key"], "device:cam-r"))
+            wait_state(col, dev, lambda s: s["state"] == "active" and s["current"]["build"] == 4)
+            wait_healthy(dev, 4)
+            replayed_at = time.time() * 1000
+            mqtt_publish.single(topic, recorded, qos=1, retain=True, hostname="127.0.0.1", port=broker.plain_port)
+            report = wait_state(col, dev, lambda s: s["ts_ms"] >= replayed_at and s["state"] == "failed")
+            assert report["reason"] == "replayed" and report["desired"]["build"] == 2, report
+            assert dev.store.current().manifest.build == 4
+            # After a restart the agent finds the replayed document retained and still refuses it.
+            dev.kill_agent()
+            restarted_at = time.time() * 1000
+            dev.start_agent()
+            report = wait_state(col, dev, lambda s: s["ts_ms"] >= restarted_at and s["state"] == "failed")
+            assert report["reason"] == "replayed", report
+            wait_healthy(dev, 4)
+            assert dev.store.current().manifest.build == 4 and dev.health().build == 4
+    finally:
+        dev.stop()
+
+
+def test_a_rollback_for_lack_of_frames_is_not_remembered_and_is_retried(tmp_path, broker, kit):
+    """Issue 19, finding 5: a health window with too few frames (camera away) is the environment's fault;
+    the document must be tried again, not refused for good."""
+    dev = Device(tmp_path, "cam-f", kit["keys"], broker.plain_port)
+    dev.daemon = dev._spawn(["run"], "daemon.log")
+    try:
+        with Collector(broker.plain_port, [f"{PREFIX}/cam-f/update/state"]) as col, http_server(kit["www"]) as base:
+            wait_healthy(dev, 1)
+            # More frames than the demo camera gives in the window: what a covered or unplugged camera looks like.
+            dev.start_agent(overrides=("update.health_min_frames=100000",))
+            publish(broker.plain_port, "cam-f", document(kit["tars"][5], f"{base}/b5.tar", kit["key"], "device:cam-f"))
+            report = wait_state(col, dev, lambda s: s["state"] == "rolled_back")
+            assert report["reason"] == "no_frames" and "frames processed" in report["message"], report
+            assert dev.store.current().manifest.build == 1 and not dev.store.journal().refused
+            assert 5 not in {b.manifest.build for b in dev.store.installed()}
+            dev.kill_agent()
+            dev.start_agent()  # the camera is back: the retained document is tried again
+            wait_state(col, dev, lambda s: s["state"] == "active" and s["current"]["build"] == 5, 90)
+            wait_healthy(dev, 5)
+    finally:
+        dev.stop()
+
+
+def test_the_daemon_refuses_an_unloadable_bundle_with_one_line_and_exit_2(kit):
+    """Issue 19, finding 2: a daemon that starts on such a bundle says why in one line (no traceback)."""
+    bundle = kit["tars"]["labels"].parent.parent / "labels"
+    proc = subprocess.run([*CLI, "run", "--set", f'model.bundle="{bundle}"', "--max-frames", "1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if "error" in line.lower()]
+    assert errors == [f"affect-sensor: error: bundle {bundle}: head file sizes do not match the manifest's "
+                      "label spaces"], proc.stderr
+    assert "Traceback" not in proc.stderr

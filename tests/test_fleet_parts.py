@@ -207,3 +207,27 @@ def test_store_switches_atomically_keeps_previous_and_collects_garbage(tmp_path,
     store.rollback_to(dirs[2])
     assert store.current().manifest.build == 3
     assert not list(store.root.glob(".current.*"))  # no temp link left behind
+
+
+@pytest.mark.parametrize("members, message", [
+    ([("a", b"x"), ("a/b", b"y")], "'a' is a file, not a directory"),
+    ([("a", b"x"), ("a/b/c", b"y")], "'a' is a file, not a directory"),
+    ([("a/b", b"y"), ("a", b"x")], "a directory of that name came before it"),
+    ([("a/", None), ("a", b"x")], "appears twice"),
+])
+def test_a_file_and_a_path_through_it_are_an_unsafe_archive_not_a_crash(tmp_path, members, message):
+    import io
+
+    tar_path = tmp_path / "clash.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(ArchiveError, match=message) as err:
+        unpack(tar_path, tmp_path / "out", 10**6)
+    assert err.value.code == "unsafe_archive"

@@ -80,7 +80,7 @@ def _mutations():
         (transposed, "prior_loglik", r"E=4 x A=5"),
         (other_dim, "au_weight", r"A=5 x D=16"),
         (nan, "au_proto", r"non-finite value at index \(2, 3\)"),
-        (mix, "mix_au", r"\(0, 1\)"),
+        (mix, "mix_au", r"\[0, 1\)"),
         (scale_vec, "scale", "scalar"),
         (proto, "fe_proto", "L2-normalised"),
         (threshold, "au_threshold", r"\[0, 1\]"),

@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from edge.head import NumpyHead, SmoothingSpec, TrackSlots
+from edge.head.fp32_bound import assert_within, head_bound, smoothed_bound
 from edge.head.params import HeadParams, synthetic_params
 from edge.head.smoothing import MODE_CODES
 from edge.kernels.layout import kernel_source, pack_params, state_sizes
 
-TOL = 1e-4
 PTX_HALF = 'asm("cvt.f32.f16 %0, %1;" : "=f"(out) : "h"(p[i]));'
 
 SHIM = r"""
@@ -196,6 +196,7 @@ def test_emulated_kernel_matches_numpy(emulator: Path, tmp_path: Path, mode: str
     ref = NumpyHead(params, spec)
     table = TrackSlots(spec.max_tracks)
     rng = np.random.default_rng(1)
+    worst_fe, worst_au = np.zeros(params.n_fe), np.zeros(params.n_au)
     for t, ids in enumerate([[1, 2], [1, 2, 3], [2, 3], [4, 2, 3], [4, 2, 3, 5, 6, 7]]):
         for tid in set(table.active) - set(ids):
             table.release(tid)
@@ -206,10 +207,19 @@ def test_emulated_kernel_matches_numpy(emulator: Path, tmp_path: Path, mode: str
         )
         want = ref.run(f, g, slots, fresh)
         fe, au, active, top = kernel.run(f, g, slots, fresh)
-        np.testing.assert_allclose(fe, want.fe_prob, rtol=0, atol=TOL, err_msg=f"frame {t}")
-        np.testing.assert_allclose(au, want.au_prob, rtol=0, atol=TOL, err_msg=f"frame {t}")
-        clear = np.abs(want.au_prob - params.au_threshold) > TOL
+        # smoothed rows are convex combinations of earlier raw rows: the largest raw bound so far covers them
+        raw = head_bound(params, f, g)
+        worst_fe = np.maximum(worst_fe, raw.fe_prob.max(axis=0))
+        worst_au = np.maximum(worst_au, raw.au_prob.max(axis=0))
+        fe_tol, au_tol = smoothed_bound(worst_fe, spec.depth), smoothed_bound(worst_au, spec.depth)
+        assert_within(f"frame {t}: fe_prob", fe, want.fe_prob, np.broadcast_to(fe_tol, fe.shape))
+        assert_within(f"frame {t}: au_prob", au, want.au_prob, np.broadcast_to(au_tol, au.shape))
+        clear = np.abs(want.au_prob - params.au_threshold) > au_tol  # decisions within the bound may flip
         np.testing.assert_array_equal(active[clear], want.au_active[clear])
-        np.testing.assert_array_equal(top, want.top_expression)
+        top2 = np.sort(want.fe_prob, axis=1)[:, -2:]
+        decisive = (top2[:, 1] - top2[:, 0]) > 2 * fe_tol.max()
+        np.testing.assert_array_equal(top[decisive], want.top_expression[decisive])
     np.testing.assert_array_equal(kernel.counters.reshape(-1, 2), ref.smoother.counters)
-    np.testing.assert_allclose(kernel.state.reshape(ref.smoother.values.shape), ref.smoother.values, atol=TOL)
+    state_tol = smoothed_bound(np.maximum(worst_fe.max(), worst_au.max()), spec.depth)
+    assert_within("smoothing state", kernel.state.reshape(ref.smoother.values.shape), ref.smoother.values,
+                  np.broadcast_to(state_tol, ref.smoother.values.shape))

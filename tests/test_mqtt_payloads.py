@@ -175,3 +175,65 @@ def test_home_assistant_discovery_templates_render_real_payloads():
         "affect_cam-01_processed_fps": "14.9", "affect_cam-01_bundle_version": "1.2.0",
         "affect_cam-01_online": "online",
     }
+
+
+@pytest.mark.parametrize("kind", sorted(schemas.MODELS))
+def test_every_schema_requires_schema_version(kind):
+    schema = schemas.load(kind)
+    assert schema["required"][0] == "schema_version" and schema["properties"]["schema_version"]["const"] == 1
+    data = json.loads(_examples()[kind].to_json())
+    data.pop("schema_version")
+    with pytest.raises(jsonschema.ValidationError, match="'schema_version' is a required property"):
+        _validator(kind).validate(data)
+
+
+# Home Assistant's own rule for an entity id (homeassistant.core.valid_entity_id).
+HA_ENTITY_ID = r"^(?!.+__)(?!_)[\da-z_]+(?<!_)\.(?!_)[\da-z_]+(?<!_)$"
+
+
+def test_discovery_uses_default_entity_id_not_the_deprecated_object_id():
+    import re
+
+    for device in ("cam-01", "Lobby_Cam--2"):
+        for msg in discovery_messages("homeassistant", Topics("affect", device), "0.1.0"):
+            config = json.loads(msg.payload)
+            component = msg.topic.split("/")[1]
+            assert "object_id" not in config, msg.topic
+            assert config["default_entity_id"].startswith(f"{component}.affect_")
+            assert re.match(HA_ENTITY_ID, config["default_entity_id"]), config["default_entity_id"]
+
+
+def _doc_examples() -> list[tuple[str, dict]]:
+    """(topic kind, payload) for every JSON example in docs/mqtt.md: a block belongs to the last line before
+    it that starts with a topic kind in backticks (`stats` (...):)."""
+    from pathlib import Path
+
+    kinds = {"status", "info", "results", "events", "stats", "update/desired"}
+    lines = (Path(__file__).resolve().parents[1] / "docs" / "mqtt.md").read_text().splitlines()
+    found, kind, block = [], None, None
+    for line in lines:
+        if block is not None:
+            if line.startswith("```"):
+                text, pos, decoder = "\n".join(block), 0, json.JSONDecoder()
+                order = ["update_desired", "update_state"] if kind == "update/desired" else [kind]
+                for name in order:  # the update block holds a desired document and then a state report
+                    obj, pos = decoder.raw_decode(text, pos)
+                    found.append((name, obj))
+                    pos += len(text[pos:]) - len(text[pos:].lstrip())
+                assert not text[pos:].strip(), f"unexpected text after the {kind} example"
+                block = None
+            else:
+                block.append(line)
+        elif line.startswith("```json"):
+            assert kind is not None, "a JSON example without a topic line before it"
+            block = []
+        elif line.startswith("`") and line[1:].split("`", 1)[0] in kinds:
+            kind = line[1:].split("`", 1)[0]
+    return found
+
+
+def test_the_payload_examples_in_docs_mqtt_md_follow_the_shipped_schemas():
+    examples = _doc_examples()
+    assert sorted({kind for kind, _ in examples}) == sorted(schemas.MODELS)
+    for kind, payload in examples:
+        _validator(kind).validate(payload)

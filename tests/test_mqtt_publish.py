@@ -13,7 +13,7 @@ import time
 import jsonschema
 import numpy as np
 import pytest
-from mqtt_broker import Collector, Mosquitto, make_tls
+from mqtt_broker import Collector, Mosquitto, free_port, make_tls
 
 from edge.config.models import MQTTConfig
 from edge.labels import DEFAULT_LABELS
@@ -287,3 +287,32 @@ def test_listen_prints_live_table_and_reports_refusal(broker, monkeypatch, capsy
                  "--once"])
     assert code == 2
     assert "broker refused the connection: Not authorized" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+def test_the_result_the_rate_limit_holds_is_sent_at_shutdown(broker, qos):
+    topic = "affect/cam-flush/results"
+    with Collector(broker.plain_port, [topic]) as col:
+        pub = MqttPublisher(_cfg(broker.plain_port, results_max_hz=0.1, qos_results=qos), "cam-flush", "0.1.0")
+        pub.start()
+        try:
+            assert pub.wait_connected(10), pub.last_error
+            for i in range(5):  # 0 goes at once; 1..4 replace each other, 4 is held for the 10 s trailing edge
+                assert pub.publish_result(_record(i))
+        finally:
+            pub.stop()  # long before the interval ends: the held result must not be lost
+        assert col.wait_for(lambda _: 4 in _frames(col, topic), timeout=10), _frames(col, topic)
+        assert _frames(col, topic) == [0, 4]
+        stats = pub.stats()
+        assert (stats.rate_limited, stats.dropped_offline, stats.published) == (3, 0, 3)  # 0, 4 and the status
+
+
+def test_a_held_result_that_cannot_be_sent_at_shutdown_is_counted_as_dropped():
+    pub = MqttPublisher(_cfg(free_port(), results_max_hz=0.1, qos_results=0), "cam-flush", "0.1.0")
+    pub.start()
+    try:
+        assert pub.publish_result(_record(0)) and pub.publish_result(_record(1))
+    finally:
+        pub.stop(drain_timeout=0.5)
+    stats = pub.stats()
+    assert (stats.connected, stats.dropped_offline, stats.rate_limited) == (False, 2, 0)

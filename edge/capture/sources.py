@@ -17,6 +17,7 @@ import numpy as np
 from edge.capture.frame import Frame, FrameSource, SourceError
 from edge.capture.gstreamer import argus_pipeline, opencv_has_gstreamer
 from edge.config.models import SourceConfig
+from edge.redact import redact_url
 
 log = logging.getLogger(__name__)
 
@@ -182,6 +183,8 @@ def open_source(config: SourceConfig) -> FrameSource:
     uri = config.uri.strip()
     if uri == "demo":
         return DemoSource(config)
+    if uri.startswith("demo:"):  # a room of N faces
+        return DemoSource(config, faces=_int_suffix(uri, "demo"))
     if uri.startswith("v4l2:"):
         device = uri[len("v4l2:"):]
         target: str | int = int(device) if device.isdigit() else device
@@ -203,14 +206,10 @@ def open_source(config: SourceConfig) -> FrameSource:
         return ImageFolderSource(path, loop=config.loop)
     if path.is_file():
         return OpenCVSource(str(path), cv2.CAP_FFMPEG, f"video file {path}", False, config)
-    raise SourceError(f"source uri {uri!r} is not 'demo', v4l2:, argus:, picamera2:, a stream URL, "
+    raise SourceError(f"source uri {redact_url(uri)!r} is not 'demo', v4l2:, argus:, picamera2:, a stream URL, "
                       "an existing video file or an existing folder")
 
 
 def _redact(uri: str) -> str:
-    """Hide a password in rtsp://user:pass@host so it does not reach the logs."""
-    scheme, sep, rest = uri.partition("://")
-    creds, at, host = rest.partition("@")
-    if at and ":" in creds:
-        return f"{scheme}{sep}{creds.split(':', 1)[0]}:***@{host}"
-    return uri
+    """Hide a password in rtsp://user:pass@host so it does not reach the logs (parsed, see edge.redact)."""
+    return redact_url(uri)

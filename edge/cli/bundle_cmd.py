@@ -1,4 +1,9 @@
-"""`affect-sensor bundle info|verify DIR`: inspect and check model bundles."""
+"""`affect-sensor bundle info|verify DIR`: inspect and check model bundles.
+
+DIR may be a link to a bundle, such as a device's `<update.bundles_dir>/current`:
+the link is resolved and the directory it names is checked (bundles themselves
+never contain links).
+"""
 
 from __future__ import annotations
 
@@ -19,10 +24,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     verify.set_defaults(func=_verify)
 
 
+def _resolve(path: Path) -> Path:
+    """A link (e.g. bundles_dir/current) names the bundle directory it points to."""
+    return path.resolve() if path.is_symlink() else path
+
+
 def _info(args: argparse.Namespace) -> int:
     from edge.bundle import read_bundle
 
-    bundle = read_bundle(args.dir)
+    bundle = read_bundle(_resolve(args.dir))
     m = bundle.manifest
     if args.json:
         print(json.dumps(m.model_dump(mode="json", exclude_none=True), indent=2))
@@ -55,8 +65,10 @@ def _info(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from edge.bundle import read_bundle
 
-    bundle = read_bundle(args.dir)
+    target = _resolve(args.dir)
+    bundle = read_bundle(target)
     m = bundle.manifest
     total = sum(e.size for e in m.files.values())
-    print(f"OK: {args.dir}: {m.name} {m.version} build {m.build}, {len(m.files)} files, {total:,d} bytes verified")
+    shown = f"{args.dir} -> {target}" if target != args.dir else str(args.dir)
+    print(f"OK: {shown}: {m.name} {m.version} build {m.build}, {len(m.files)} files, {total:,d} bytes verified")
     return 0

@@ -36,7 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         c.add_argument("tar", type=Path, help="signed bundle .tar (from `fleet sign`)")
         c.add_argument("--url", required=True, help="where devices download it (https://, http://, file://)")
         c.add_argument("--key", type=Path, required=True, help="private signing key (PEM)")
-        c.add_argument("--allow-downgrade", action="store_true", help="permit devices to go to a lower build")
+        c.add_argument("--allow-downgrade", action="store_true",
+                       help="permit devices to go to a lower build (the document then always expires: "
+                            "--expires-hours, default 24)")
         c.add_argument("--expires-hours", type=float, help="devices ignore the document after this many hours")
         c.add_argument("--timeout", type=float, default=900.0, help="seconds to wait for devices (default 900)")
         add_mqtt_args(c)
@@ -51,6 +53,15 @@ def register(sub: argparse._SubParsersAction) -> None:
             c.add_argument("--canary", action="append", default=[], required=True, metavar="DEVICE",
                            help="canary device (repeatable); updated and checked before the group")
             c.set_defaults(func=_rollout)
+
+    b = fleet.add_parser("broker-config", help="a device's bridge topic lines and central ACL block "
+                                               "(firmware_cfg/mosquitto/)")
+    b.add_argument("--device", required=True, help="device id ([device] id; the CN of its certificate)")
+    b.add_argument("--group", required=True, help="the device's fleet group ([device] group)")
+    b.add_argument("--prefix", default="affect", help="[mqtt] prefix of the device (default: affect)")
+    b.add_argument("--discovery-prefix", default="homeassistant",
+                   help="[mqtt] discovery_prefix of the device; 'none' when discovery is off")
+    b.set_defaults(func=_broker_config)
 
     st = fleet.add_parser("status", help="update state of every device (retained messages)")
     add_mqtt_args(st)
@@ -89,6 +100,22 @@ def _sign(args: argparse.Namespace) -> int:
     expires = (datetime.now(timezone.utc) + timedelta(days=args.expires_days)) if args.expires_days else None
     sha, size = sign_bundle(args.bundle, key, args.out, expires)
     print(f"signed with key {key.key_id}: {args.out} ({size:,d} bytes, sha256 {sha})")
+    return 0
+
+
+def _broker_config(args: argparse.Namespace) -> int:
+    from edge.cli.app import CLIError
+    from edge.fleet.broker_config import DeviceTopics, acl_block, bridge_topic_lines
+
+    discovery = None if args.discovery_prefix.lower() == "none" else args.discovery_prefix
+    try:
+        device = DeviceTopics(args.prefix, args.device, args.group, discovery)
+        bridge, acl = bridge_topic_lines(device), acl_block(device)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
+    print(f"# bridge-central.conf on {args.device} (with remote_clientid {args.device}, "
+          f"notification_topic {device.bridge_state()}):\n{bridge}")
+    print(f"# central-acl.conf on the central broker:\n{acl}", end="")
     return 0
 
 
@@ -136,12 +163,20 @@ class _Broker:
         self.client.loop_stop()
 
 
-def _document(args: argparse.Namespace, target: str) -> dict:
+def _document(args: argparse.Namespace, target: str, *, check_archive: bool = True) -> dict:
+    """The signed document for `target`; the archive is unpacked and verified first unless already done."""
+    from edge.cli.app import CLIError
     from edge.fleet.operator import desired_document
 
+    if args.expires_hours is not None and args.expires_hours <= 0:
+        raise CLIError(f"--expires-hours must be positive, got {args.expires_hours}")
     expires = args.expires_hours * 3600 if args.expires_hours else None
-    return desired_document(args.tar, args.url, target, _key(args.key), allow_downgrade=args.allow_downgrade,
-                            expires_in_s=expires)
+    key = _key(args.key)
+    try:
+        return desired_document(args.tar, args.url, target, key, allow_downgrade=args.allow_downgrade,
+                                expires_in_s=expires, check_archive=check_archive)
+    except ValueError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def _wait_for(broker: _Broker, devices: list[str], build: int, timeout: float) -> dict[str, str]:
@@ -183,13 +218,12 @@ def _publish(args: argparse.Namespace) -> int:
 def _rollout(args: argparse.Namespace) -> int:
     from edge.fleet.operator import reached, target_topic
 
-    build = None
+    build = _document(args, f"group:{args.group}")["bundle"]["build"]  # verifies the archive before connecting
     broker = _Broker(args, "fleet rollout")
     try:
         started = time.monotonic()
         for device in args.canary:
-            doc = _document(args, f"device:{device}")
-            build = doc["bundle"]["build"]
+            doc = _document(args, f"device:{device}", check_archive=False)
             broker.publish(target_topic(broker.config.prefix, f"device:{device}"), doc)
         print(f"stage 1: canaries {', '.join(args.canary)} -> build {build}", flush=True)
         outcome = _wait_for(broker, args.canary, build, args.timeout)
@@ -199,7 +233,7 @@ def _rollout(args: argparse.Namespace) -> int:
             print(f"rollout stopped: canaries not healthy: {', '.join(bad)}; the group was not updated",
                   file=sys.stderr)
             return 1
-        doc = _document(args, f"group:{args.group}")
+        doc = _document(args, f"group:{args.group}", check_archive=False)
         broker.publish(target_topic(broker.config.prefix, f"group:{args.group}"), doc)
         print(f"stage 2: group {args.group} -> build {build}", flush=True)
         remaining = args.timeout - (time.monotonic() - started)

@@ -1,7 +1,9 @@
 """Broker options shared by the commands that talk to MQTT from a workstation (`listen`, `fleet`).
 
-Credentials come from a config file's [mqtt] section or from --password-file /
---password-env (the same SecretRef mechanism); a password is never an argument.
+Credentials come from a config file's [mqtt] section, from --password-file /
+--password-env (the same SecretRef mechanism; a password is never an argument),
+or from a client certificate (--cert-file/--key-file), which is how the fleet's
+central broker identifies every client (firmware_cfg/mosquitto/central.conf).
 """
 
 from __future__ import annotations
@@ -22,10 +24,14 @@ def add_mqtt_args(p: argparse.ArgumentParser) -> None:
     secret.add_argument("--password-env", metavar="VAR", help="read the password from this environment variable")
     p.add_argument("--tls", action="store_true", help="connect with TLS")
     p.add_argument("--ca-file", type=Path, help="CA bundle for the broker certificate (implies --tls)")
+    p.add_argument("--cert-file", type=Path, help="client certificate (PEM) for mutual TLS (implies --tls)")
+    p.add_argument("--key-file", type=Path, help="private key of --cert-file (PEM)")
 
 
 def mqtt_config(args: argparse.Namespace, command: str):
     """The MQTTConfig these options describe; a bad combination is a CLIError naming the command."""
+    from pydantic import ValidationError
+
     from edge.cli.app import CLIError
     from edge.config import load_config
     from edge.config.models import MQTTConfig
@@ -37,9 +43,16 @@ def mqtt_config(args: argparse.Namespace, command: str):
             data[key] = getattr(args, key)
     if args.password_file or args.password_env:
         data["password"] = {"file": args.password_file} if args.password_file else {"env": args.password_env}
-    if args.tls or args.ca_file:
-        data["tls"] = {**data["tls"], "enabled": True, **({"ca_file": args.ca_file} if args.ca_file else {})}
+    if (args.cert_file is None) != (args.key_file is None):
+        raise CLIError(f"{command} options: --cert-file and --key-file go together (mutual TLS needs both)")
+    if args.tls or args.ca_file or args.cert_file:
+        tls = {**data["tls"], "enabled": True}
+        tls.update({k: getattr(args, k) for k in ("ca_file", "cert_file", "key_file") if getattr(args, k)})
+        data["tls"] = tls
     try:
         return MQTTConfig.model_validate(data)
-    except ValueError as exc:
-        raise CLIError(f"{command} options: {exc}") from None
+    except ValidationError as exc:  # the message names the option, never echoes a value
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"])
+        raise CLIError(f"{command} options: mqtt.{where}: {first['msg']}" if where
+                       else f"{command} options: {first['msg']}") from None

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import sys
+import typing
 from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from edge.config.models import SecretRef, SensorConfig
+from edge.redact import redact_url
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -29,12 +31,33 @@ def _key_path(loc: tuple[Any, ...]) -> str:
     return ".".join(str(part) for part in loc if not str(part).startswith("function-"))
 
 
+def _secret_keys(model: type[BaseModel], prefix: tuple[str, ...] = ()) -> set[tuple[str, ...]]:
+    """Key paths whose value is a SecretRef (e.g. ("mqtt", "password")), found from the model types."""
+    found: set[tuple[str, ...]] = set()
+    for name, field in model.model_fields.items():
+        for kind in typing.get_args(field.annotation) or (field.annotation,):
+            if kind is SecretRef:
+                found.add((*prefix, name))
+            elif isinstance(kind, type) and issubclass(kind, BaseModel):
+                found |= _secret_keys(kind, (*prefix, name))
+    return found
+
+
+SECRET_KEYS = _secret_keys(SensorConfig)
+
+
 def _explain(error: dict[str, Any]) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         return "unknown key (not a setting; check the spelling against firmware_cfg/sensor.toml)"
     if kind == "missing":
         return "required key is missing"
+    loc = tuple(str(part) for part in error["loc"])
+    if any(loc[: len(key)] == key for key in SECRET_KEYS):  # never echo what may be the secret itself
+        if not isinstance(error.get("input"), dict):
+            return ('a secret is never a literal value: give { file = "/path" } or { env = "VARIABLE" } '
+                    "(the value given is not shown)")
+        return f"{error['msg']} (the value given is not shown)"
     got = error.get("input")
     got_text = "" if isinstance(got, dict) else f", got {got!r}"
     return f"{error['msg']}{got_text}"
@@ -129,6 +152,7 @@ def load_config(
 def effective_config(config: SensorConfig) -> dict[str, Any]:
     """The config as plain data for display, every secret replaced by where it comes from."""
     data = config.model_dump(mode="json", exclude_none=True)
+    data["source"]["uri"] = redact_url(config.source.uri)  # rtsp://user:password@camera
     for key, ref in iter_secrets(config):
         node = data
         *parents, leaf = key.split(".")

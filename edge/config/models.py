@@ -74,10 +74,14 @@ class SourceConfig(Section):
 
 
 class DetectionConfig(Section):
+    """Face detection and tracking (docs/capture.md): which detector, how small, how many, how often."""
+
+    detector: Literal["full_range", "short_range", "whole_frame"] = "full_range"
     every_k_frames: int = Field(default=3, ge=1, le=300)
-    min_face_px: int = Field(default=48, ge=8)
-    max_faces: int = Field(default=4, ge=1, le=64)
-    score_threshold: float = Field(default=0.6, gt=0, lt=1)
+    scan_slices: int = Field(default=0, ge=0, le=256, description="detector runs a sweep spreads over; 0: auto")
+    min_face_px: int = Field(default=32, ge=8)
+    max_faces: int = Field(default=16, ge=1, le=256)
+    score_threshold: float = Field(default=0.5, gt=0, lt=1)
     track_iou: float = Field(default=0.3, gt=0, lt=1)
     track_max_missed: int = Field(default=10, ge=0)
 
@@ -86,8 +90,9 @@ class ModelConfig(Section):
     bundle: Path | None = Field(default=None, description="bundle directory; empty: the built-in default")
     backend: Literal["auto", "onnxruntime", "tensorrt"] = "auto"
     engine_cache_dir: Path = Path("/var/cache/affect-sensor/engines")
-    threads: int = Field(default=2, ge=1, le=256)
-    batch_max: int = Field(default=8, ge=1, le=256)
+    threads: int = Field(default=1, ge=1, le=256)
+    spin_wait: bool = Field(default=False, description="onnxruntime worker threads busy-wait between runs")
+    batch_max: int = Field(default=16, ge=1, le=256)
 
 
 class HeadConfig(Section):
@@ -123,9 +128,10 @@ class MQTTConfig(Section):
     username: str | None = None
     password: SecretRef | None = None
     tls: TLSConfig = TLSConfig()
-    qos_results: Literal[0, 1, 2] = 0
+    # QoS 1 by default: with a local broker bridged to a central one, only QoS >= 1 survives an uplink outage.
+    qos_results: Literal[0, 1, 2] = 1
     qos_events: Literal[0, 1, 2] = 1
-    qos_stats: Literal[0, 1, 2] = 0
+    qos_stats: Literal[0, 1, 2] = 1
     results_max_hz: float = Field(default=2.0, ge=0, le=1000, description="0: no limit")
     reconnect_initial_s: float = Field(default=1.0, gt=0)
     reconnect_max_s: float = Field(default=60.0, gt=0)
@@ -180,6 +186,18 @@ class SensorConfig(Section):
     sinks: SinksConfig = SinksConfig()
     stats: StatsConfig = StatsConfig()
     update: UpdateConfig = UpdateConfig()
+
+    @model_validator(mode="after")
+    def _limits_agree(self) -> SensorConfig:
+        """Limits that contradict each other are errors, not silent truncation."""
+        d = self.detection
+        if self.head.max_tracks < d.max_faces:
+            raise ValueError(f"head.max_tracks ({self.head.max_tracks}) must be >= detection.max_faces "
+                             f"({d.max_faces}): every face on screen needs a smoothing slot")
+        if d.min_face_px > min(self.source.width, self.source.height):
+            raise ValueError(f"detection.min_face_px ({d.min_face_px}) is larger than the frame "
+                             f"({self.source.width}x{self.source.height}): no face could pass")
+        return self
 
     @model_validator(mode="after")
     def _one_bundle_owner(self) -> SensorConfig:

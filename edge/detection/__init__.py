@@ -1,6 +1,8 @@
 """Face detection with five landmarks, on the CPU through onnxruntime (no torch, no downloads)."""
 
-from edge.detection.blazeface import BlazeFaceDetector, default_model_path
+from edge.detection.blazeface import FULL_RANGE, SHORT_RANGE, BlazeFaceDetector, BlazeFaceNet, default_model_path
 from edge.detection.faces import Detection, FaceGate, GateStats
+from edge.detection.scan import MultiScaleDetector
 
-__all__ = ["BlazeFaceDetector", "Detection", "FaceGate", "GateStats", "default_model_path"]
+__all__ = ["FULL_RANGE", "SHORT_RANGE", "BlazeFaceDetector", "BlazeFaceNet", "Detection", "FaceGate", "GateStats",
+           "MultiScaleDetector", "default_model_path"]

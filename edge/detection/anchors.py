@@ -29,3 +29,18 @@ def ssd_anchor_centres(input_size: int = 128, strides: tuple[int, ...] = SHORT_R
         centres.append(np.repeat(grid, (j - i) * anchors_per_layer, axis=0))
         i = j
     return np.concatenate(centres).astype(np.float32)
+
+
+def grid_anchors(height: int, width: int, layers: tuple[tuple[int, int], ...]) -> np.ndarray:
+    """(N, 2) anchor centres in input pixels for an input of any size, in the network's output order.
+
+    `layers` is (stride, anchors per cell) per output grid, as the graph concatenates
+    them; for a square input this equals `ssd_anchor_centres(...) * size`. The graphs
+    are fully convolutional, so a larger input just has a larger grid.
+    """
+    centres = []
+    for stride, per_cell in layers:
+        rows, cols = -(-height // stride), -(-width // stride)
+        ys, xs = np.meshgrid((np.arange(rows) + 0.5) * stride, (np.arange(cols) + 0.5) * stride, indexing="ij")
+        centres.append(np.repeat(np.stack([xs.ravel(), ys.ravel()], axis=1), per_cell, axis=0))
+    return np.concatenate(centres).astype(np.float32)

@@ -9,6 +9,13 @@ recorded first in the journal so that an agent killed during the health check
 resumes it after a restart, and rolls back if the daemon is not healthy. The
 transport (MQTT) is outside this module: `handle()` takes the raw document and
 `report` publishes states, which keeps the machine testable on its own.
+
+Replay and freeze protection (TUF's idea, kept small): the journal holds, per
+target, the newest signed document acted on and, across targets, the one
+acted on last. A document older than either (or as old but different) is
+never applied again, so recording and re-publishing an old signed document
+(say an operator's downgrade) cannot roll a device back; downgrade documents
+must also carry an expiry.
 """
 
 from __future__ import annotations
@@ -33,26 +40,32 @@ from edge.fleet.archive import ArchiveError, unpack
 from edge.fleet.download import DownloadError, DownloadSpec, fetch
 from edge.fleet.health import HealthReport, process_alive, read_report
 from edge.fleet.signing import SignatureError, load_trusted_keys, verify_document, verify_manifest
-from edge.fleet.store import BundleStore, Refusal, Trial
-from edge.publish.payloads import BundleRef, UpdateDesired, UpdateState, stamp
+from edge.fleet.store import BundleStore, Journal, Refusal, Seen, Trial
+from edge.publish.payloads import SCHEMA_VERSION, BundleRef, UpdateDesired, UpdateState, stamp
 
 log = logging.getLogger("affect-sensor.update")
-# Fault-injection hook for the kill -9 tests: "<state>:<seconds>" sleeps after reporting <state>
-# (for downloading: once some bytes have arrived).
+# Fault-injection hook for the kill -9 tests: "<step>:<seconds>" sleeps after reporting state <step>
+# (for downloading: once some bytes have arrived), or after the journal write named <step> ("accepted").
 PAUSE_ENV = "AFFECT_SENSOR_AGENT_PAUSE"
-TRANSIENT = frozenset({"download_failed"})  # retried later; every other refusal is final for that document
+# Caused by the surroundings (network, camera, a stopped daemon), not by the bundle: retried later and never
+# remembered; every other refusal is final for that document.
+TRANSIENT = frozenset({"download_failed", "no_frames"})
 HEALTH_STALE_S = 5.0
 
 
 class UpdateFailed(Exception):
-    def __init__(self, code: str, message: str) -> None:
-        self.code = code
+    def __init__(self, code: str, message: str, doc: UpdateDesired | None = None) -> None:
+        self.code, self.doc = code, doc  # doc: set when the document itself is trusted (signature verified)
         super().__init__(message)
 
 
 def document_id(doc: UpdateDesired) -> str:
     """Identity of one signed document: a re-signed document (e.g. with allow_downgrade) is a new decision."""
     return hashlib.sha256(doc.signature.encode()).hexdigest()[:32]
+
+
+def seen(doc: UpdateDesired) -> Seen:
+    return Seen(document=document_id(doc), target=doc.target, ts_ms=doc.ts_ms, build=doc.bundle.build)
 
 
 def ref(manifest_or_doc) -> BundleRef:
@@ -89,8 +102,13 @@ class UpdateAgent:
         self.report_fn(self.last_state)
         if state not in ("downloading",) or progress in (None, 0.0):
             log.info("update state %s%s%s", state, f" ({reason})" if reason else "", f": {message}" if message else "")
+        if progress != 0.0:
+            self._checkpoint(state)
+
+    @staticmethod
+    def _checkpoint(step: str) -> None:
         pause = os.environ.get(PAUSE_ENV, "")
-        if pause.startswith(f"{state}:") and progress != 0.0:
+        if pause.startswith(f"{step}:"):
             time.sleep(float(pause.split(":", 1)[1]))
 
     # ------------------------------------------------------------ start-up
@@ -124,13 +142,28 @@ class UpdateAgent:
             return
         try:
             doc = self._parse(raw)
+            self._check_replay(doc, self.store.journal())
         except UpdateFailed as exc:
             log.error("desired document on %s refused: %s", topic, exc)
-            self.report("failed", None, exc.code, f"{topic}: {exc}")
+            self.report("failed", exc.doc, exc.code, f"{topic}: {exc}")
             return
         self.docs[topic] = doc
-        newest = max(self.docs.values(), key=lambda d: d.ts_ms)
-        self.apply(newest)
+        self.apply_newest()
+
+    def newest_doc(self) -> UpdateDesired | None:
+        return max(self.docs.values(), key=lambda d: d.ts_ms) if self.docs else None
+
+    def apply_newest(self) -> None:
+        """Apply the newest of the device's and its group's documents, unless one at least as new was applied."""
+        doc = self.newest_doc()
+        if doc is None:
+            return
+        applied = self.store.journal().applied
+        if applied is not None and applied != seen(doc) and doc.ts_ms <= applied.ts_ms:
+            log.info("not applying the %s document of %s: the %s document of %s was acted on after it",
+                     doc.target, _iso(doc.ts_ms), applied.target, _iso(applied.ts_ms))
+            return
+        self.apply(doc)
 
     def _parse(self, raw: bytes) -> UpdateDesired:
         try:
@@ -147,6 +180,9 @@ class UpdateAgent:
             verify_document(keys, data)
         except SignatureError as exc:
             raise UpdateFailed(exc.code, str(exc)) from None
+        if data.get("schema_version") != SCHEMA_VERSION:
+            raise UpdateFailed("bad_document", f"schema_version: expected {SCHEMA_VERSION}, got "
+                                               f"{data.get('schema_version')!r}")
         try:
             doc = UpdateDesired.model_validate(data)
         except ValidationError as exc:
@@ -156,12 +192,41 @@ class UpdateAgent:
         if (kind, name) not in (("device", self.device), ("group", self.config.device.group)):
             raise UpdateFailed("bad_document", f"document targets {doc.target}, not this device "
                                                f"({self.device}, group {self.config.device.group})")
+        if doc.allow_downgrade and doc.expires_ms is None:
+            raise UpdateFailed("bad_document", "an allow_downgrade document must carry expires_ms (a downgrade "
+                                               "that never expires could be replayed for ever)")
         if doc.expires_ms is not None and doc.expires_ms < self.clock() * 1000:
             raise UpdateFailed("expired", "desired document has expired")
         return doc
 
-    def apply(self, doc: UpdateDesired) -> None:
+    @staticmethod
+    def _check_replay(doc: UpdateDesired, journal: Journal) -> None:
+        """Refuse a document older than (or as old as, but not) the newest one acted on for its target."""
+        newest = journal.newest.get(doc.target)
+        if newest is None or newest == seen(doc):
+            return
+        if doc.ts_ms <= newest.ts_ms:
+            raise UpdateFailed("replayed", f"document of {_iso(doc.ts_ms)} (build {doc.bundle.build}) for "
+                                           f"{doc.target} is not newer than the one already acted on "
+                                           f"({_iso(newest.ts_ms)}, build {newest.build}); an old document "
+                                           "is never applied again", doc)
+
+    def _accept(self, doc: UpdateDesired) -> Journal:
+        """Record `doc` as the newest document of its target and the one acted on last (the replay state)."""
         journal = self.store.journal()
+        record = seen(doc)
+        if journal.applied != record or journal.newest.get(doc.target) != record:
+            journal.newest[doc.target] = record
+            journal.applied = record
+            self.store.write_journal(journal)
+            self._checkpoint("accepted")
+        return journal
+
+    def apply(self, doc: UpdateDesired) -> None:
+        journal = self._accept(doc)
+        for part in self.store.staging.glob("*.tar.part"):  # only this document's download may still resume
+            if part.name != f"{doc.sha256}.tar.part":
+                part.unlink(missing_ok=True)
         refusal = journal.refused.get(document_id(doc))
         if refusal is not None:
             self.report(refusal.state, doc, refusal.reason, refusal.message)
@@ -174,9 +239,9 @@ class UpdateAgent:
         try:
             self._check_build(doc.bundle.build, current, doc)
             staged, bundle = self._fetch_and_verify(doc, current)
+            self._preflight(bundle, doc)  # in staging: nothing enters the store that the daemon would refuse
             final = self.store.install(staged, bundle.manifest)
             staged = None
-            self._self_test(Bundle(final, bundle.manifest), doc)  # verified in staging; a rename keeps the bytes
         except (UpdateFailed, DownloadError, ArchiveError) as exc:
             code = getattr(exc, "code", "internal_error")
             self._refuse(doc, code, str(exc), "failed", remember=code not in TRANSIENT)
@@ -260,24 +325,18 @@ class UpdateAgent:
             part.unlink(missing_ok=True)
         return staged, bundle
 
-    def _self_test(self, bundle: Bundle, doc: UpdateDesired) -> None:
-        from edge.runtime.select import open_backend
-        from edge.runtime.selftest import run_selftest
+    def _preflight(self, bundle: Bundle, doc: UpdateDesired) -> None:
+        """Load the bundle exactly as the daemon will (edge.pipeline.daemon.load_processor), self-test included."""
+        from edge.pipeline.daemon import BundleLoadError, load_processor
 
         backend = self.config.model.backend
         if backend == "tensorrt" or (backend == "auto" and importlib.util.find_spec("tensorrt") is not None):
             self.report("building_engine", doc)  # the engine is built (or found in the cache) here
         try:
-            backend = open_backend(bundle, self.config.model)
-        except Exception as exc:
-            raise UpdateFailed("engine_build_failed", f"{type(exc).__name__}: {exc}") from None
-        self.report("self_testing", doc)
-        try:
-            result = run_selftest(bundle, backend)
-        except BundleError as exc:
-            raise UpdateFailed("selftest_failed", str(exc)) from None
-        if not result.passed:
-            raise UpdateFailed("selftest_failed", str(result))
+            load_processor(self.config, bundle, on_stage=lambda stage: self.report(stage, doc))
+        except BundleLoadError as exc:
+            code = {"backend": "engine_build_failed", "bundle": "bad_bundle"}.get(exc.stage, "selftest_failed")
+            raise UpdateFailed(code, str(exc)) from None
 
     def _refuse(self, doc: UpdateDesired, code: str, message: str, state: str, *, remember: bool) -> None:
         log.error("update to %s %s build %s %s: %s: %s", doc.bundle.name, doc.bundle.version, doc.bundle.build,
@@ -286,6 +345,7 @@ class UpdateAgent:
             journal = self.store.journal()
             journal.refused[document_id(doc)] = Refusal(reason=code, message=message, state=state)
             self.store.write_journal(journal)
+            (self.store.staging / f"{doc.sha256}.tar.part").unlink(missing_ok=True)  # never resumed now
         self.report(state, doc, code, message)
 
     # ------------------------------------------------------------ health window
@@ -293,25 +353,34 @@ class UpdateAgent:
     def _confirm_or_roll_back(self, trial: Trial, doc: UpdateDesired | None) -> None:
         self.report("health_check", doc)
         candidate = self.store.root / trial.candidate
-        problem = self.watch_health(candidate)
+        verdict = self.watch_health(candidate)
         journal = self.store.journal()
         journal.trial = None
-        if problem is None:
+        if verdict is None:
             self.store.write_journal(journal)
             removed = self.store.gc(self.config.update.keep)
             if removed:
                 log.info("removed old bundles: %s", ", ".join(p.name for p in removed))
             self.report("active", doc)
             return
+        code, problem = verdict
         if trial.previous is not None:
             self.store.rollback_to(self.store.root / trial.previous)
-        journal.refused[trial.document] = Refusal(reason="unhealthy", message=problem, state="rolled_back")
+        if code not in TRANSIENT:
+            journal.refused[trial.document] = Refusal(reason=code, message=problem, state="rolled_back")
         self.store.write_journal(journal)
-        log.error("rolled back to %s: %s", trial.previous, problem)
-        self.report("rolled_back", doc, "unhealthy", problem)
+        if self.store.discard(candidate):  # a rejected bundle keeps no slot of update.keep
+            log.info("removed the rolled-back bundle %s", candidate.name)
+        log.error("rolled back to %s: %s: %s", trial.previous, code, problem)
+        self.report("rolled_back", doc, code, problem)
 
-    def watch_health(self, candidate: Path) -> str | None:
-        """None if the daemon runs `candidate` healthily for the window; else what was wrong."""
+    def watch_health(self, candidate: Path) -> tuple[str, str] | None:
+        """None if the daemon runs `candidate` healthily for the window; else (reason code, what was wrong).
+
+        `no_frames` (transient) when nothing judged the bundle: no daemon
+        reporting, or too few frames (camera away); `unhealthy` when the
+        daemon refused, left or misbehaved on it.
+        """
         up = self.config.update
         if up.health_window_s <= 0:
             return None
@@ -321,13 +390,16 @@ class UpdateAgent:
         while first is None:  # phase 1: the daemon loads the candidate
             report = read_report(path)
             if report is not None and report.swap_error_dir == str(candidate):
-                return f"the daemon refused the bundle: {report.swap_error}"
+                return "unhealthy", f"the daemon refused the bundle: {report.swap_error}"
             if report is not None and report.bundle_dir == str(candidate) and report.age_s() < HEALTH_STALE_S:
                 first = report
                 break
             if time.monotonic() > deadline:
-                seen = "no health report" if report is None else f"daemon runs {report.bundle_dir}"
-                return f"the daemon did not start running the bundle within {up.swap_timeout_s:.0f} s ({seen})"
+                if report is None or report.age_s() >= HEALTH_STALE_S or not process_alive(report.pid):
+                    return "no_frames", (f"no current health report from the daemon within {up.swap_timeout_s:g} s "
+                                         f"({'none' if report is None else 'last one stale'}); is the daemon running?")
+                return "unhealthy", (f"the daemon did not start running the bundle within "
+                                     f"{up.swap_timeout_s:g} s (it runs {report.bundle_dir})")
             time.sleep(0.1)
         end = time.monotonic() + up.health_window_s
         last = first
@@ -335,17 +407,21 @@ class UpdateAgent:
             time.sleep(0.1)
             report = read_report(path)
             if report is None or report.pid != first.pid or not process_alive(first.pid):
-                return "the daemon stopped or restarted during the health window"
+                return "unhealthy", "the daemon stopped or restarted during the health window"
             if report.age_s() > HEALTH_STALE_S:
-                return f"the daemon stopped reporting (last report {report.age_s():.1f} s ago)"
+                return "unhealthy", f"the daemon stopped reporting (last report {report.age_s():.1f} s ago)"
             if report.bundle_dir != str(candidate):
-                return f"the daemon left the bundle (now runs {report.bundle_dir})"
+                return "unhealthy", f"the daemon left the bundle (now runs {report.bundle_dir})"
             if report.invalid_outputs > first.invalid_outputs:
-                return (f"{report.invalid_outputs - first.invalid_outputs} faces got non-finite outputs "
-                        "on the new bundle")
+                return "unhealthy", (f"{report.invalid_outputs - first.invalid_outputs} faces got non-finite "
+                                     "outputs on the new bundle")
             last = report
         frames = last.frames - first.frames
         if frames < up.health_min_frames:
-            return (f"only {frames} frames processed in the {up.health_window_s:.0f} s health window "
-                    f"(need {up.health_min_frames})")
+            return "no_frames", (f"only {frames} frames processed in the {up.health_window_s:.0f} s health window "
+                                 f"(need {up.health_min_frames}); is the camera connected?")
         return None
+
+
+def _iso(ts_ms: int) -> str:
+    return str(stamp(ts_ms / 1000)["ts"])

@@ -13,13 +13,33 @@ import threading
 import time
 
 from edge.config.models import SensorConfig
-from edge.fleet.agent import TRANSIENT, UpdateAgent
+from edge.fleet.agent import TRANSIENT, UpdateAgent, document_id
 from edge.publish.client import RETAINED_QOS, build_client, connect_async
 from edge.publish.payloads import UpdateState
 from edge.publish.topics import Topics
 
 log = logging.getLogger("affect-sensor.update")
-RETRY_TRANSIENT_S = 30.0
+RETRY_TRANSIENT_S = 30.0  # first retry of a transient failure; doubled per retry of the same document
+RETRY_MAX_S = 1800.0
+
+
+class _Retry:
+    """When to retry a document whose last attempt failed for a transient reason (download, no frames)."""
+
+    def __init__(self) -> None:
+        self.document: str | None = None
+        self.count = 0
+
+    def due(self, agent: UpdateAgent) -> bool:
+        last, doc = agent.last_state, agent.newest_doc()
+        if last is None or doc is None or last.state not in ("failed", "rolled_back") or last.reason not in TRANSIENT:
+            return False
+        if document_id(doc) != self.document:
+            self.document, self.count = document_id(doc), 0
+        if time.time() - last.ts_ms / 1000 < min(RETRY_TRANSIENT_S * 2**self.count, RETRY_MAX_S):
+            return False
+        self.count += 1
+        return True
 
 
 def run_agent(config: SensorConfig, device: str, stop: threading.Event) -> int:
@@ -46,15 +66,14 @@ def run_agent(config: SensorConfig, device: str, stop: threading.Event) -> int:
     connect_async(client, config.mqtt)
     client.loop_start()
     log.info("update agent for %s: watching %s", device, ", ".join(wanted))
+    retry = _Retry()
     try:
         while not stop.is_set():
             try:
                 topic, payload = inbox.get(timeout=0.5)
             except queue.Empty:
-                last = agent.last_state
-                if (last is not None and last.state == "failed" and last.reason in TRANSIENT and agent.docs
-                        and time.time() - last.ts_ms / 1000 > RETRY_TRANSIENT_S):
-                    agent.apply(max(agent.docs.values(), key=lambda d: d.ts_ms))
+                if retry.due(agent):
+                    agent.apply_newest()
                 continue
             agent.handle(topic, payload)
     finally:

@@ -16,7 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from edge.bundle.manifest import MANIFEST_NAME, SIGNATURE_NAME
 from edge.bundle.store import sha256_file
-from edge.fsutil import fsync_dir
+from edge.fsutil import atomic_writer, fsync_dir
 
 MAX_MEMBERS = 256
 _CHUNK = 1 << 20
@@ -30,25 +30,16 @@ class ArchiveError(ValueError):
 
 def pack_bundle(bundle_dir: Path, files: list[str], manifest: bytes, signature: bytes, dest: Path) -> tuple[str, int]:
     """Write `dest` atomically: manifest, signature, then `files` (bundle-relative); return (sha256, size)."""
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    try:
-        with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
-            for name, data in ((MANIFEST_NAME, manifest), (SIGNATURE_NAME, signature)):
-                info = tarfile.TarInfo(name)
-                info.size, info.mode, info.mtime = len(data), 0o644, 0
-                tar.addfile(info, io.BytesIO(data))
-            for name in sorted(files):
-                info = tarfile.TarInfo(name)
-                info.size, info.mode, info.mtime = (bundle_dir / name).stat().st_size, 0o644, 0
-                with (bundle_dir / name).open("rb") as handle:
-                    tar.addfile(info, handle)
-        with tmp.open("rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(dest.parent)
+    with atomic_writer(dest) as handle, tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in ((MANIFEST_NAME, manifest), (SIGNATURE_NAME, signature)):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = len(data), 0o644, 0
+            tar.addfile(info, io.BytesIO(data))
+        for name in sorted(files):
+            info = tarfile.TarInfo(name)
+            info.size, info.mode, info.mtime = (bundle_dir / name).stat().st_size, 0o644, 0
+            with (bundle_dir / name).open("rb") as source:
+                tar.addfile(info, source)
     return sha256_file(dest), dest.stat().st_size
 
 
@@ -69,6 +60,8 @@ def unpack(tar_path: Path, dest: Path, max_bytes: int) -> None:
     dest.mkdir(parents=False, exist_ok=False)
     total = 0
     seen: set[PurePosixPath] = set()
+    files: set[PurePosixPath] = set()
+    dirs: set[PurePosixPath] = set()
     try:
         tar = tarfile.open(tar_path, "r:")  # noqa: SIM115 (closed by the `with` below; open errors differ)
     except (tarfile.TarError, OSError) as exc:
@@ -88,7 +81,14 @@ def unpack(tar_path: Path, dest: Path, max_bytes: int) -> None:
                     continue
                 if rel in seen:
                     raise ArchiveError(f"member {member.name!r}: appears twice")
+                clash = next((p for p in rel.parents if p in files), None)
+                if clash is not None:
+                    raise ArchiveError(f"member {member.name!r}: {str(clash)!r} is a file, not a directory")
+                if member.isfile() and rel in dirs:
+                    raise ArchiveError(f"member {member.name!r}: a directory of that name came before it")
                 seen.add(rel)
+                (files if member.isfile() else dirs).add(rel)
+                dirs.update(rel.parents)
                 target = dest.joinpath(*rel.parts)
                 if member.isdir():
                     target.mkdir(parents=True, exist_ok=True)

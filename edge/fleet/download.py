@@ -46,7 +46,24 @@ Progress = Callable[[int, int], None]
 
 
 def fetch(spec: DownloadSpec, part: Path, progress: Progress | None = None) -> Path:
-    """Download to `part` (resuming what is there), then verify size and sha256; return `part`."""
+    """Download to `part` (resuming what is there), then verify size and sha256; return `part`.
+
+    `part` is named after the expected SHA-256, so only a download of the same
+    file resumes it; but its bytes may have come from another URL (a hostile or
+    stale mirror). A resumed download that fails the hash is therefore thrown
+    away and fetched once more from the start before it counts as a mismatch.
+    """
+    resumed = part.is_file() and part.stat().st_size > 0
+    try:
+        return _fetch_once(spec, part, progress)
+    except DownloadError as exc:
+        if exc.code != "hash_mismatch" or not resumed:
+            raise
+    part.unlink(missing_ok=True)
+    return _fetch_once(spec, part, progress)
+
+
+def _fetch_once(spec: DownloadSpec, part: Path, progress: Progress | None) -> Path:
     scheme = urlparse(spec.url).scheme
     if scheme == "http" and not spec.allow_http:
         raise DownloadError("download_failed", f"{spec.url}: plain http is not allowed "

@@ -5,12 +5,14 @@
       affect-default-0.2.0-b2/
       current -> affect-default-0.2.0-b2    what the daemon runs
       previous -> affect-default-0.1.0-b1   where a rollback goes
-      agent.json                    the agent's journal (trial in progress, refused documents)
-      .staging/                     downloads (.part, resumable) and unpack directories
+      agent.json                    the agent's journal (trial in progress, refused documents, replay state)
+      .staging/                     downloads (.part, resumable), unpack directories, temp links, trash
 
 A directory enters the store only by `rename` of a fully written, fsynced,
 verified tree, and `current` changes only by `rename` of a new symlink over
 it, so a power cut at any instant leaves `current` naming a complete bundle.
+Anything half-done (a temp link, a directory being deleted) lives in
+`.staging/`, which the agent clears at start.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from edge.fsutil import atomic_write, fsync_dir
 
 CURRENT, PREVIOUS, JOURNAL, STAGING, LOCK = "current", "previous", "agent.json", ".staging", ".lock"
 MAX_REMEMBERED_FAILURES = 32
+MAX_REMEMBERED_TARGETS = 16
 
 
 class Trial(BaseModel):
@@ -49,10 +52,22 @@ class Refusal(BaseModel):
     state: str = "failed"
 
 
+class Seen(BaseModel):
+    """A signed desired document the agent acted on: what replay protection compares new documents with."""
+
+    model_config = ConfigDict(extra="forbid")
+    document: str = Field(description="document id (hash of its signature)")
+    target: str
+    ts_ms: int = Field(description="issue time, the operator's clock")
+    build: int | None = None
+
+
 class Journal(BaseModel):
     model_config = ConfigDict(extra="forbid")
     trial: Trial | None = None
     refused: dict[str, Refusal] = Field(default_factory=dict, description="document id -> why it was refused")
+    newest: dict[str, Seen] = Field(default_factory=dict, description="target -> newest document acted on")
+    applied: Seen | None = Field(default=None, description="the document acted on last, of any target")
 
 
 def dir_name(manifest: Manifest) -> str:
@@ -104,11 +119,13 @@ class BundleStore:
         return None if path is None else read_bundle(path)
 
     def _point(self, name: str, target: Path) -> None:
+        """Make link `name` point at `target` with one rename; the temp link is made in staging."""
         if target.parent != self.root:
             raise ValueError(f"{target} is not a directory of the store {self.root}")
-        tmp = self.root / f".{name}.{os.getpid()}.tmp"
+        self.staging.mkdir(exist_ok=True)
+        tmp = self.staging / f"link-{name}.{os.getpid()}.tmp"
         tmp.unlink(missing_ok=True)
-        os.symlink(target.name, tmp)
+        os.symlink(target.name, tmp)  # relative: resolves against the directory it is renamed into
         os.replace(tmp, self.root / name)
         fsync_dir(self.root)
 
@@ -121,7 +138,11 @@ class BundleStore:
         return old
 
     def rollback_to(self, target: Path) -> None:
+        """`current` back to `target`; `previous` is dropped when it names the same bundle (no rollback left)."""
         self._point(CURRENT, target)
+        if self.previous_dir() == target:
+            (self.root / PREVIOUS).unlink()
+            fsync_dir(self.root)
 
     # ------------------------------------------------------------ directories
 
@@ -178,15 +199,35 @@ class BundleStore:
         removed = []
         for b in bundles[keep:]:
             if b.path not in pinned:
-                shutil.rmtree(b.path, ignore_errors=True)
+                self._remove(b.path)
                 removed.append(b.path)
+        self.clear_staging()
         return removed
 
+    def discard(self, path: Path) -> bool:
+        """Remove a bundle that failed its checks or was rolled back, unless `current` or `previous` name it."""
+        if path.parent != self.root or not path.is_dir() or path in (self.current_dir(), self.previous_dir()):
+            return False
+        self._remove(path)
+        return True
+
+    def _remove(self, path: Path) -> None:
+        # One rename takes it out of the store; a kill during the slow delete leaves only staging debris.
+        trash = self.staging / f"trash-{path.name}.{os.getpid()}"
+        shutil.rmtree(trash, ignore_errors=True)
+        os.rename(path, trash)
+        fsync_dir(self.root)
+        shutil.rmtree(trash, ignore_errors=True)
+
     def clear_staging(self, keep: Iterable[str] = ()) -> None:
+        keep = set(keep)
         with self.locked():
             for path in self.staging.iterdir():
-                if path.name not in set(keep):
-                    shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+                if path.name not in keep:
+                    shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink(missing_ok=True)
+            for stale in self.root.glob(".*.*.tmp"):  # temp links of older versions, made beside the links
+                if stale.is_symlink():
+                    stale.unlink()
 
     # ------------------------------------------------------------ journal
 
@@ -202,4 +243,7 @@ class BundleStore:
     def write_journal(self, journal: Journal) -> None:
         if len(journal.refused) > MAX_REMEMBERED_FAILURES:
             journal.refused = dict(list(journal.refused.items())[-MAX_REMEMBERED_FAILURES:])
+        if len(journal.newest) > MAX_REMEMBERED_TARGETS:  # a device has two targets; more only after regrouping
+            keep = sorted(journal.newest.items(), key=lambda item: item[1].ts_ms)[-MAX_REMEMBERED_TARGETS:]
+            journal.newest = dict(keep)
         atomic_write(self.root / JOURNAL, journal.model_dump_json(indent=2).encode())

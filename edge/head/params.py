@@ -101,8 +101,8 @@ def _check_ranges(p: HeadParams, source: str) -> None:
         raise HeadParamsError(source, "scale", f"must be > 0, got {float(p.scale)}")
     for name in ("mix_fe", "mix_au"):
         value = float(getattr(p, name))
-        if not 0.0 < value < 1.0:
-            raise HeadParamsError(source, name, f"mixing weight must lie in (0, 1), got {value}")
+        if not 0.0 <= value < 1.0:  # 0: the output-level prior is off
+            raise HeadParamsError(source, name, f"mixing weight must lie in [0, 1), got {value}")
     for name in ("prior_expect", "au_threshold"):
         arr = getattr(p, name)
         if arr.min() < 0.0 or arr.max() > 1.0:
@@ -155,15 +155,11 @@ def load_head_params(path: Path | str) -> HeadParams:
 
 
 def save_head_params(params: HeadParams, path: Path | str) -> None:
-    """Write a head file atomically (temp file + rename), e.g. for bundle building and tests."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with tmp.open("wb") as handle:
-            np.savez(handle, **params.arrays())
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Write a head file atomically (edge.fsutil: unique temp file, fsync, rename), e.g. for bundles and tests."""
+    from edge.fsutil import atomic_writer
+
+    with atomic_writer(path) as handle:
+        np.savez(handle, **params.arrays())
 
 
 def synthetic_params(n_fe: int = 7, n_au: int = 17, dim: int = 512, seed: int = 0) -> HeadParams:

@@ -138,13 +138,13 @@ def peak_rss_mb() -> float:
 # ------------------------------------------------------------------ the bundle
 
 
-def bundle_summary(bundle: Bundle) -> dict[str, Any]:
-    """Name, build, creation time and the size of every file, plus the shipped detector's."""
+def bundle_summary(bundle: Bundle, detector: Path | None = None) -> dict[str, Any]:
+    """Name, build, creation time and the size of every file, plus the detector's (default: the short-range model)."""
     from edge.detection.blazeface import default_model_path
 
     m = bundle.manifest
     files = [{"file": name, "role": entry.role, "bytes": entry.size} for name, entry in sorted(m.files.items())]
-    detector = default_model_path()
+    detector = detector if detector is not None else default_model_path()
     return {
         "name": m.name, "version": m.version, "build": m.build, "created": m.created.isoformat(),
         "path": str(bundle.path), "files": files, "total_bytes": sum(f["bytes"] for f in files),
@@ -284,13 +284,15 @@ def pipeline_samples(processor: FrameProcessor, frames: list[np.ndarray], first_
     probe = probe if probe is not None else PublishProbe(processor.device_id)
     stages: dict[str, list[float]] = {}
     frame_ms, faces, detect_all = [], [], []
-    started = time.perf_counter()
+    busy = 0.0  # loop time only: frames rendered on demand (RenderedFrames) are not the loop's cost
     for index, image in enumerate(frames, start=first_index):
+        started = time.perf_counter()
         t0 = time.monotonic()
         result = processor.process(image, index, captured_at=t0)
         t1 = time.perf_counter()
         probe.write(result.record)
         publish = (time.perf_counter() - t1) * 1e3
+        busy += time.perf_counter() - started
         frame_ms.append(result.record.latency_ms + publish)
         faces.append(len(result.record.faces))
         for stage, ms in {**result.stage_ms, "publish": publish}.items():
@@ -300,7 +302,7 @@ def pipeline_samples(processor: FrameProcessor, frames: list[np.ndarray], first_
                     continue
             stages.setdefault(stage, []).append(ms)
     return {"stages": stages, "frame_ms": frame_ms, "faces": faces, "detect_all": detect_all,
-            "seconds": time.perf_counter() - started, "frames": len(frames)}
+            "seconds": busy, "frames": len(frame_ms)}
 
 
 def merge_samples(parts: list[dict[str, Any]]) -> dict[str, Any]:
@@ -338,6 +340,88 @@ def bench_pipeline(processor: FrameProcessor, frames: list[np.ndarray], capture_
     """Process pre-captured frames back to back: stage latencies, frame latency, fps, memory."""
     samples = pipeline_samples(processor, frames)
     return summarize_pipeline(samples, processor, frames, capture_ms, capture_source)
+
+
+class RenderedFrames:
+    """Frames of the demo room rendered on demand (a 1080p clip held in memory would be GBs); times each render."""
+
+    def __init__(self, pairs: list, spec, count: int, fps: float = 30.0) -> None:
+        self.pairs, self.spec, self.count, self.fps = pairs, spec, count, fps
+        self.render_ms: list[float] = []
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        from edge.capture.demo import render_scene
+
+        if not 0 <= i < self.count:
+            raise IndexError(i)
+        start = time.perf_counter()
+        frame = render_scene(self.pairs, self.spec, i / self.fps)
+        self.render_ms.append((time.perf_counter() - start) * 1e3)
+        return frame
+
+
+def room_frames(faces: int, count: int, width: int, height: int, photos: Path | None = None,
+                fps: float = 30.0) -> RenderedFrames:
+    """The demo room: `faces` real faces at several sizes (London pairs from `photos`, or the shipped pair)."""
+    from edge.capture.demo import SceneSpec, load_photo_pairs
+
+    return RenderedFrames(load_photo_pairs(photos), SceneSpec(width, height, faces), count, fps)
+
+
+def paced_cpu(processor: FrameProcessor, frames, fps: float, count: int) -> dict[str, Any]:
+    """CPU time per processed frame when frames arrive at the source's rate, as in the daemon.
+
+    A feeder thread (the daemon's capture thread) makes the frames ahead into a
+    short queue; frame i is due at `start + i / fps`. Like the daemon's latest-frame
+    slot, the loop sleeps until the next frame is due and, when it fell behind,
+    skips to the newest due frame (the skipped ones count as dropped). CPU time of
+    the whole process (all threads: onnxruntime workers spinning between frames
+    count) less the feeder's own, divided by the frames processed.
+    """
+    import threading
+
+    processor.reset_tracks()
+    probe = PublishProbe(processor.device_id)
+    n = min(count, len(frames))
+    ready: queue.Queue = queue.Queue(maxsize=8)
+    feeder_cpu = [0.0]
+
+    def feed() -> None:
+        for i in range(n):
+            t = time.thread_time()
+            image = frames[i]
+            feeder_cpu[0] += time.thread_time() - t
+            ready.put(image)
+
+    processed = dropped = 0
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
+    feeder = threading.Thread(target=feed, name="bench-feeder", daemon=True)
+    start = time.monotonic()
+    feeder.start()
+    taken = 0  # frames taken from the feeder so far
+    while taken < n:
+        delay = start + taken / fps - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        newest = min(n - 1, max(taken, int((time.monotonic() - start) * fps)))
+        while taken < newest:  # behind: the slot would have replaced these
+            ready.get()
+            taken += 1
+            dropped += 1
+        image = ready.get()
+        taken += 1
+        probe.write(processor.process(image, taken - 1, captured_at=time.monotonic()).record)
+        processed += 1
+    wall = time.monotonic() - start
+    feeder.join()
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (usage1.ru_utime - usage0.ru_utime) + (usage1.ru_stime - usage0.ru_stime) - feeder_cpu[0]
+    return {"fps": fps, "frames": n, "processed": processed, "dropped": dropped,
+            "cpu_ms_per_frame": cpu * 1e3 / max(processed, 1), "cpu_percent_of_core": 100.0 * cpu / max(wall, 1e-9),
+            "wall_s": wall, "feeder_cpu_ms_per_frame": feeder_cpu[0] * 1e3 / max(n, 1)}
 
 
 def load_frames(video: Path | None, count: int, width: int = 640, height: int = 480) -> tuple[list, list[float]]:

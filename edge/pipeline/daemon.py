@@ -20,6 +20,7 @@ import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,6 +35,8 @@ from edge.fleet.store import BundleStore
 from edge.pipeline.processor import FrameProcessor
 from edge.pipeline.sinks import JsonlSink, Sink, StdoutSink
 from edge.pipeline.stats import CpuMeter, LatencyWindow, RateMeter, rss_mb, soc_temperature_c
+from edge.redact import redact_url
+from edge.runtime.select import open_backend
 from edge.runtime.selftest import run_selftest
 from edge.service.notify import Notifier, Watchdog
 
@@ -75,17 +78,50 @@ def bundle_dir(config: SensorConfig) -> Path | None:
     return store.current_dir() or store.seed(resolve_bundle(None))
 
 
-def open_processor(config: SensorConfig, path: Path | None = None, *, selftest: bool = True) -> FrameProcessor:
-    """A processor for `path`, or for the bundle the config names; self-tested on its real backend."""
-    bundle = resolve_bundle(path if path is not None else bundle_dir(config))
-    processor = FrameProcessor(bundle, config, device_id(config))
+class BundleLoadError(StartupError):
+    """A bundle the daemon cannot run. `stage`: "bundle" (files, labels vs head), "backend", "selftest"."""
+
+    def __init__(self, stage: str, message: str) -> None:
+        self.stage = stage
+        super().__init__(message)
+
+
+def load_processor(config: SensorConfig, bundle: Bundle, *, selftest: bool = True,
+                   on_stage: Callable[[str], None] | None = None) -> FrameProcessor:
+    """Everything the daemon does to a bundle before it runs it: open the backend (building a TensorRT
+    engine), check the head file against the label spaces and input spec, run the golden self-test.
+
+    The update agent calls this before it switches `current`, so a bundle the
+    daemon would refuse is refused before any daemon can start on it.
+    """
+    try:
+        backend = open_backend(bundle, config.model)
+    except Exception as exc:
+        raise BundleLoadError("backend", f"bundle {bundle.path}: cannot open the {config.model.backend} backend: "
+                                         f"{type(exc).__name__}: {exc}") from None
+    try:
+        processor = FrameProcessor(bundle, config, device_id(config), backend=backend)
+    except (ValueError, OSError, KeyError) as exc:
+        raise BundleLoadError("bundle", str(exc) if str(bundle.path) in str(exc)
+                              else f"bundle {bundle.path}: {exc}") from None
     if selftest:
-        result = run_selftest(bundle, processor.backend)
+        if on_stage is not None:
+            on_stage("self_testing")
+        try:
+            result = run_selftest(bundle, processor.backend)
+        except (ValueError, OSError) as exc:
+            raise BundleLoadError("selftest", f"bundle {bundle.path}: self-test could not run: {exc}") from None
         log.info("%s: %s", bundle.manifest.name, result)
         if not result.passed:
-            raise StartupError(f"bundle {bundle.path}: {result}; refusing to run a model that does not "
-                               "reproduce its own golden outputs")
+            raise BundleLoadError("selftest", f"bundle {bundle.path}: {result}; refusing to run a model that "
+                                              "does not reproduce its own golden outputs")
     return processor
+
+
+def open_processor(config: SensorConfig, path: Path | None = None, *, selftest: bool = True) -> FrameProcessor:
+    """A processor for `path`, or for the bundle the config names; self-tested on its real backend."""
+    return load_processor(config, resolve_bundle(path if path is not None else bundle_dir(config)),
+                          selftest=selftest)
 
 
 class SwapWorker:
@@ -249,7 +285,7 @@ class Daemon:
         m = self.bundle.manifest
         self.notifier.ready(f"running {m.name} {m.version} on {self.processor.backend.describe()}")
         log.info("started: device %s, source %s, bundle %s %s, backend %s, head %s", self.processor.device_id,
-                 self.config.source.uri, m.name, m.version, self.processor.backend.describe(),
+                 redact_url(self.config.source.uri), m.name, m.version, self.processor.backend.describe(),
                  self.processor.head.backend)
         self.watchdog.start()
         try:

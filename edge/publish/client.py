@@ -66,7 +66,7 @@ class _Result:
 
 @dataclass(frozen=True)
 class _Event:
-    name: str  # connected, refused, disconnected, connect_failed, acked, stop, info
+    name: str  # connected, refused, disconnected, connect_failed, acked, info, probe, flush, stop
     args: tuple[Any, ...] = ()
 
 
@@ -201,9 +201,11 @@ class MqttPublisher:
         return False
 
     def stop(self, drain_timeout: float = 5.0) -> None:
-        """Send the retained `offline` status (after draining for up to `drain_timeout`) and disconnect."""
+        """Send the result the rate limit holds, drain for up to `drain_timeout`, send the retained `offline`
+        status and disconnect. A held QoS 0 result that cannot be sent (broker away) counts as dropped_offline."""
         if self._thread is None:
             return
+        self._inbox.put(_Event("flush"))  # queued behind every caller message, ahead of the drain probes
         if self._connected.is_set():
             self.wait_idle(drain_timeout)
         self._inbox.put(_Event("stop"))
@@ -310,6 +312,10 @@ class MqttPublisher:
             self._info = item.args[0]
             if self._connected.is_set():
                 self._direct(self.topics.info, self._info.to_json(), RETAINED_QOS, True)
+        elif item.name == "flush":
+            held = self._limiter.flush()
+            if held is not None:
+                self._send_result(held)
         elif item.name == "probe" and not len(self._outbox) and not self._mids:
             self._idle.set()
 

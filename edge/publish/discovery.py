@@ -24,6 +24,11 @@ def _node_id(device: str) -> str:
     return "affect_" + re.sub(r"[^A-Za-z0-9_-]", "_", device)
 
 
+def entity_slug(text: str) -> str:
+    """What Home Assistant accepts after the dot of an entity id: lower case, digits, single underscores."""
+    return re.sub(r"_+", "_", re.sub(r"[^a-z0-9_]", "_", text.lower())).strip("_")
+
+
 def discovery_messages(
     discovery_prefix: str, topics: Topics, software_version: str, location: str = ""
 ) -> list[DiscoveryMessage]:
@@ -69,8 +74,9 @@ def discovery_messages(
     ]
     messages = []
     for component, object_id, config in entities:
-        body = {**config, "unique_id": f"{node}_{object_id}", "object_id": f"{node}_{object_id}",
-                "device": device}
+        # default_entity_id (HA 2025.10+) replaces object_id, which HA stops honouring in 2026.4.
+        body = {**config, "unique_id": f"{node}_{object_id}",
+                "default_entity_id": f"{component}.{entity_slug(f'{node}_{object_id}')}", "device": device}
         if component != "binary_sensor":
             body.update(availability)
         messages.append(DiscoveryMessage(

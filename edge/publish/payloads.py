@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -33,7 +33,14 @@ class Payload(BaseModel):
         return self.model_dump_json(exclude_none=False).encode("utf-8")
 
 
+def _require_schema_version(schema: dict[str, Any]) -> None:
+    """Every payload carries `schema_version`, so the published JSON Schemas require it."""
+    schema["required"] = ["schema_version", *[k for k in schema.get("required", []) if k != "schema_version"]]
+
+
 class Stamped(Payload):
+    model_config = ConfigDict(json_schema_extra=_require_schema_version)
+
     schema_version: Literal[1] = SCHEMA_VERSION
     ts: str = Field(pattern=r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", description="UTC, ISO 8601")
     ts_ms: int = Field(ge=0, description="UTC, milliseconds since the Unix epoch")
@@ -311,9 +318,9 @@ UpdateStateName = Literal["idle", "downloading", "verifying", "building_engine",
                           "health_check", "active", "failed", "rolled_back"]
 # Why an update was refused or undone; one stable code per failure class (docs/fleet.md).
 UpdateReason = Literal[
-    "bad_document", "bad_signature", "unknown_key", "expired", "older_build", "too_large", "download_failed",
-    "hash_mismatch", "unsafe_archive", "bad_bundle", "mismatch", "engine_build_failed", "selftest_failed",
-    "unhealthy", "internal_error",
+    "bad_document", "bad_signature", "unknown_key", "expired", "replayed", "older_build", "too_large",
+    "download_failed", "hash_mismatch", "unsafe_archive", "bad_bundle", "mismatch", "engine_build_failed",
+    "selftest_failed", "unhealthy", "no_frames", "internal_error",
 ]
 
 

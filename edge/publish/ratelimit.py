@@ -47,6 +47,14 @@ class TrailingRateLimiter(Generic[T]):
             return item
         return None
 
+    def flush(self) -> T | None:
+        """The held item now, whatever the interval (at shutdown: the latest must not be lost)."""
+        if not self._has_held:
+            return None
+        item = self._held
+        self._held, self._has_held = None, False
+        return item
+
     def next_due(self) -> float | None:
         """When `due` will release the held item (None: nothing held)."""
         if not self._has_held or self._last_sent is None:

@@ -11,7 +11,7 @@ from edge.runtime.backend import BackendError, Features
 class OnnxRuntimeBackend:
     name = "onnxruntime"
 
-    def __init__(self, bundle: Bundle, threads: int = 2, use_cuda: bool | None = None) -> None:
+    def __init__(self, bundle: Bundle, threads: int = 2, use_cuda: bool | None = None, spin_wait: bool = True) -> None:
         import onnxruntime as ort
 
         available = ort.get_available_providers()
@@ -27,13 +27,15 @@ class OnnxRuntimeBackend:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        # Worker threads that busy-wait between runs burn a core at a camera's rate (model.spin_wait)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin_wait else "0")
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
         try:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise BackendError(f"onnxruntime cannot load {path}: {exc}") from exc
         self.input_name = self.session.get_inputs()[0].name
-        self.path, self.threads = path, threads
+        self.path, self.threads, self.spin_wait = path, threads, spin_wait
 
     def infer(self, images: np.ndarray) -> Features:
         f, g = self.session.run(["f", "g"], {self.input_name: images.astype(np.float32, copy=False)})
@@ -41,4 +43,5 @@ class OnnxRuntimeBackend:
 
     def describe(self) -> str:
         providers = ",".join(self.session.get_providers())
-        return f"onnxruntime {self.path.name} ({providers}, {self.threads} threads)"
+        spin = "spinning" if self.spin_wait else "no spinning"
+        return f"onnxruntime {self.path.name} ({providers}, {self.threads} threads, {spin})"

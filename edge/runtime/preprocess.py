@@ -17,9 +17,11 @@ def to_tensor(crops: list[np.ndarray], spec: InputSpec, color_order: str = "BGR"
         raise ValueError(f"crops must be {spec.crop_size}x{spec.crop_size}x3, got {batch.shape[1:]}")
     if spec.color_order == "GRAY":
         code = cv2.COLOR_BGR2GRAY if color_order == "BGR" else cv2.COLOR_RGB2GRAY
-        batch = np.stack([cv2.cvtColor(c, code) for c in batch])[..., None]
-        x = (batch.astype(np.float32) * np.float32(spec.scale) - np.float32(spec.mean[0])) / np.float32(spec.std[0])
-        return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        n, h, w, _ = batch.shape
+        grey = cv2.cvtColor(batch.reshape(n * h, w, 3), code)  # one call for the whole batch
+        levels = np.arange(256, dtype=np.float32) * np.float32(spec.scale)
+        table = (levels - np.float32(spec.mean[0])) / np.float32(spec.std[0])
+        return np.ascontiguousarray(cv2.LUT(grey, table).reshape(n, 1, h, w))
     # uint8 -> normalised float in one table lookup per pixel (cv2.LUT): 6x faster than float arithmetic on
     # a 112 px crop, which matters when the model itself takes well under a millisecond.
     levels = np.arange(256, dtype=np.float32)[:, None] * np.float32(spec.scale)

@@ -24,4 +24,4 @@ def open_backend(bundle: Bundle, config: ModelConfig) -> Backend:
             log.info("TensorRT not used (%s); falling back to onnxruntime", exc)
     from edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
 
-    return OnnxRuntimeBackend(bundle, threads=config.threads)
+    return OnnxRuntimeBackend(bundle, threads=config.threads, spin_wait=config.spin_wait)

@@ -3,20 +3,44 @@
 This is the front half of the daemon's processing loop; it owns no thread and
 no source, so the loop (and tests) feed it frames and get back typed faces,
 the ids of tracks that ended (to free their smoothing slots) and stage timings.
+On detector frames the detector is handed the live tracks' boxes, so the
+multi-scale scan re-detects every tracked face in a window around it (cheap)
+while it sweeps one slice of the frame for new faces (edge/detection/scan.py).
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import numpy as np
 
 from edge.alignment import align_face, template_for
 from edge.config.models import DetectionConfig
-from edge.detection.blazeface import BlazeFaceDetector
-from edge.detection.faces import FaceGate, GateStats
+from edge.detection.blazeface import FULL_RANGE, SHORT_RANGE, BlazeFaceDetector
+from edge.detection.faces import Detection, FaceGate, GateStats
+from edge.detection.scan import MultiScaleDetector
 from edge.tracking.iou_tracker import IoUTracker
+
+
+class FaceDetector(Protocol):
+    def detect(self, frame_bgr: np.ndarray) -> list[Detection]:
+        """Every face of one image, no state kept (photos, analyze, evaluation)."""
+        ...
+
+    def run(self, frame_bgr: np.ndarray, around: list[np.ndarray] | tuple = ()) -> list[Detection]:
+        """One detector run on a live stream, told where the live tracks are."""
+        ...
+
+
+def open_detector(config: DetectionConfig, threads: int = 1) -> FaceDetector:
+    """The detector `config.detector` names, with the shipped model (offline, inside the package)."""
+    if config.detector == "whole_frame":
+        return BlazeFaceDetector(score_threshold=min(0.5, config.score_threshold), threads=threads)
+    model = FULL_RANGE if config.detector == "full_range" else SHORT_RANGE
+    return MultiScaleDetector(model, min_face_px=config.min_face_px, slices=config.scan_slices,
+                              score_threshold=min(0.5, config.score_threshold), threads=threads)
 
 
 @dataclass(frozen=True)
@@ -46,7 +70,7 @@ class FrameFaces:
 
 @dataclass
 class FaceFrontEnd:
-    detector: BlazeFaceDetector
+    detector: FaceDetector
     config: DetectionConfig = field(default_factory=DetectionConfig)
     crop_size: int = 112
     template: np.ndarray | None = None  # crop_size pixels; default: TEMPLATE_112 scaled
@@ -65,15 +89,16 @@ class FaceFrontEnd:
     @classmethod
     def from_config(cls, config: DetectionConfig, crop_size: int = 112, template: np.ndarray | None = None,
                     threads: int = 1) -> FaceFrontEnd:
-        """The shipped detector; `crop_size`/`template` come from the bundle's input spec."""
-        return cls(BlazeFaceDetector(threads=threads), config, crop_size, template)
+        """The configured shipped detector; `crop_size`/`template` come from the bundle's input spec."""
+        return cls(open_detector(config, threads), config, crop_size, template)
 
     def process(self, image: np.ndarray) -> FrameFaces:
         run_detector = self._count % self.config.every_k_frames == 0
         self._count += 1
         t0 = time.perf_counter()
         if run_detector:
-            detections = self.gate.apply(self.detector.detect(image), image.shape, self.gate_stats)
+            around = [t.box for t in self.tracker.tracks]
+            detections = self.gate.apply(self.detector.run(image, around), image.shape, self.gate_stats)
         t1 = time.perf_counter()
         update = self.tracker.update(detections) if run_detector else self.tracker.predict()
         t2 = time.perf_counter()
@@ -90,4 +115,6 @@ class FaceFrontEnd:
     def reset(self) -> list[int]:
         """Forget all tracks (after a camera reconnect: the scene may have changed); returns ended ids."""
         self._count = 0
+        if hasattr(self.detector, "reset"):
+            self.detector.reset()
         return self.tracker.reset()

@@ -22,7 +22,7 @@ import numpy as np
 
 from edge.alignment import similarity_matrix, template_for
 from edge.labels import BASIC_EXPRESSIONS, DEFAULT_LABELS, FACS_PRIOR
-from quantize.data.london import LondonFaces, apply_affine, five_points
+from quantize.data.london import LondonFaces, apply_affine, five_points, photo_labels
 from quantize.data.procedural import Identity, render_face
 from quantize.data.types import NUM_AUS, UNLABELLED, ClipSample, DataError, FaceSample, au_column
 from quantize.data.warps import warp_face
@@ -275,18 +275,9 @@ def generate_clips(
 def london_photo_samples(
     persons: list[str], crop_size: int = 112, london: LondonFaces | None = None
 ) -> list[FaceSample]:
-    """The real photos: neutral (all AUs absent) and smiling (happiness, AU6 + AU12).
-
-    A posed smile often also shows AU25 and sometimes AU7, AU10, AU14 or AU26, none of
-    which anyone coded here, so those are unmasked (unknown) on smiling photos.
-    """
+    """The real photos, aligned from their landmark templates, labelled by `london.photo_labels`."""
     faces = london or LondonFaces()
     tpl = template_for(crop_size)
-    smile_au = np.zeros(NUM_AUS, np.float32)
-    smile_au[[au_column(6), au_column(12)]] = 1.0
-    smile_mask = _ALL.copy()
-    for n in (7, 10, 14, 25, 26):
-        smile_mask[au_column(n)] = False
 
     def crop(photo: np.ndarray, points: np.ndarray) -> np.ndarray:
         matrix = similarity_matrix(five_points(points), tpl)
@@ -296,27 +287,9 @@ def london_photo_samples(
     out = []
     for person in persons:
         p = faces.person(person)
-        img = crop(p.neutral, p.points)
-        out.append(
-            FaceSample(
-                img,
-                np.zeros(NUM_AUS, np.float32),
-                _ALL.copy(),
-                BASIC_EXPRESSIONS.index("neutral"),
-                person,
-                "london_photo",
-            )
-        )
+        expression, au, mask = photo_labels(False)
+        out.append(FaceSample(crop(p.neutral, p.points), au, mask, expression, person, "london_photo"))
         if p.smiling is not None and p.smiling_points is not None:
-            img = crop(p.smiling, p.smiling_points)
-            out.append(
-                FaceSample(
-                    img,
-                    smile_au.copy(),
-                    smile_mask.copy(),
-                    BASIC_EXPRESSIONS.index("happiness"),
-                    person,
-                    "london_photo",
-                )
-            )
+            expression, au, mask = photo_labels(True)
+            out.append(FaceSample(crop(p.smiling, p.smiling_points), au, mask, expression, person, "london_photo"))
     return out

@@ -16,7 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from quantize.data.types import DataError
+from edge.labels import BASIC_EXPRESSIONS
+from quantize.data.types import NUM_AUS, DataError, LabelledImage, au_column
 
 ENV_DIR = "AFFECT_LONDON_DIR"
 TEMPLATE_POINTS = 189
@@ -222,3 +223,41 @@ def london_split(
     val = sorted(rest[i] for i in order[:n_val])
     train = sorted(rest[i] for i in order[n_val:])
     return PersonSplit(train=train, val=val, holdout=holdout)
+
+
+def photo_labels(smiling: bool) -> tuple[int, np.ndarray, np.ndarray]:
+    """(expression, au, au_mask) of a real London photo: neutral = no AU; smiling = happiness, AU6 + AU12.
+
+    A posed smile often also shows AU25 and sometimes AU7, AU10, AU14 or AU26, none of which anyone coded
+    here, so those are masked off (unknown) on smiling photos.
+    """
+    au, mask = np.zeros(NUM_AUS, np.float32), np.ones(NUM_AUS, bool)
+    if not smiling:
+        return BASIC_EXPRESSIONS.index("neutral"), au, mask
+    au[[au_column(6), au_column(12)]] = 1.0
+    for n in (7, 10, 14, 25, 26):
+        mask[au_column(n)] = False
+    return BASIC_EXPRESSIONS.index("happiness"), au, mask
+
+
+def photo_images(persons: list[str], root: Path | str | None = None) -> list[LabelledImage]:
+    """The neutral and smiling photos of `persons` as they come off disk, for the device's detector and aligner."""
+    root = Path(root) if root is not None else default_dir()
+    out = []
+    for person in persons:
+        for suffix, smiling in (("03", False), ("08", True)):
+            path = root / f"{person}_{suffix}.jpg"
+            if not path.is_file():
+                if smiling:
+                    continue
+                raise DataError(f"neutral photo {path} of person {person!r} does not exist")
+
+            def read(path: Path = path) -> np.ndarray:
+                image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+                if image is None:
+                    raise DataError(f"cannot read image {path}")
+                return image
+
+            expression, au, mask = photo_labels(smiling)
+            out.append(LabelledImage(path.name, read, expression, "london_photo", person, au=au, au_mask=mask))
+    return out

@@ -20,11 +20,24 @@ from quantize.data.types import ClipSample, FaceSample
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 COLOUR_ORDER = "RGB"
+# Grey models (one channel, BT.601 luma as cv2.COLOR_*2GRAY computes it): the same statistics in luma.
+GREY_MEAN = (0.4589,)
+GREY_STD = (0.2662,)
+
+
+def input_spec(channels: int) -> dict[str, object]:
+    """What a bundle's manifest records about the input normalisation of a model with `channels` channels."""
+    if channels == 1:
+        return {"channels": 1, "color_order": "GRAY", "mean": list(GREY_MEAN), "std": list(GREY_STD)}
+    return {"channels": 3, "color_order": COLOUR_ORDER, "mean": list(IMAGE_MEAN), "std": list(IMAGE_STD)}
 
 
 def normalise(images: np.ndarray) -> torch.Tensor:
-    """uint8 (..., H, W, 3) RGB -> float32 (..., 3, H, W) with IMAGE_MEAN / IMAGE_STD."""
+    """uint8 (..., H, W, 3) RGB -> float32 (..., 3, H, W) with IMAGE_MEAN / IMAGE_STD; uint8 grey (N, H, W) ->
+    (N, 1, H, W) with GREY_MEAN / GREY_STD."""
     x = torch.from_numpy(np.ascontiguousarray(images)).float().div_(255.0)
+    if x.ndim == 3:
+        return ((x - GREY_MEAN[0]) / GREY_STD[0]).unsqueeze(1).contiguous()
     x = (x - torch.tensor(IMAGE_MEAN)) / torch.tensor(IMAGE_STD)
     return x.movedim(-1, -3).contiguous()
 

@@ -6,7 +6,8 @@ labels over edge.labels.DEFAULT_LABELS, so every source yields the same thing.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -70,6 +71,26 @@ class ClipSample:
             raise DataError(f"{where}: frames must be uint8 (T, H, W, 3), got {self.frames.dtype} {self.frames.shape}")
         _check_au(self.au, self.au_mask, (self.frames.shape[0],), where)
         _check_expression(self.expression, where)
+
+
+@dataclass(frozen=True, eq=False)
+class LabelledImage:
+    """One labelled image before detection and alignment; `read()` gives it as BGR uint8 (what a camera gives).
+
+    `votes` are crowd votes over BASIC_EXPRESSIONS (FER+), `expression` the hard label (-1: none); `au` and
+    `au_mask` as in FaceSample (None: no AU labels). `tight`: the image is a face crop with no margin (FER2013),
+    so a detector needs a border added around it to see a face.
+    """
+
+    key: str
+    read: Callable[[], np.ndarray] = field(repr=False)
+    expression: int = UNLABELLED
+    dataset: str = ""
+    person: str = ""
+    votes: np.ndarray | None = None
+    au: np.ndarray | None = None
+    au_mask: np.ndarray | None = None
+    tight: bool = False
 
 
 def expression_index(name: str) -> int:

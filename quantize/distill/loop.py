@@ -62,8 +62,9 @@ class DistillSettings(BaseModel):
     photo_fraction: float = Field(default=0.25, ge=0, lt=1)
     geometric_jitter: bool = True  # small random similarity warps (detector alignment noise on real photos)
     # Weight of the validation people's real photos (vs generated validation faces) when fitting the
-    # expression logit offsets on the validation split (0 disables the offsets).
-    fe_bias_photo_weight: float = Field(default=0.5, ge=0, le=1)
+    # expression logit offsets on the validation split (0 disables the offsets; None: every labelled
+    # validation face weighs the same, for real-face data where photos are the bulk).
+    fe_bias_photo_weight: float | None = Field(default=0.5, ge=0, le=1)
     progress: bool = True
 
 
@@ -83,8 +84,8 @@ class Evaluation:
 
 
 def student_config(teacher: SSMTeacher, s: DistillSettings) -> StudentConfig:
-    return StudentConfig(crop_size=s.crop_size or teacher.cfg.image_size, widths=s.widths, blocks=s.blocks,
-                         feature_dim=teacher.cfg.dim, stem_width=s.stem_width)
+    return StudentConfig(crop_size=s.crop_size or teacher.cfg.image_size, in_channels=teacher.cfg.in_channels,
+                         widths=s.widths, blocks=s.blocks, feature_dim=teacher.cfg.dim, stem_width=s.stem_width)
 
 
 @torch.no_grad()
@@ -130,20 +131,24 @@ def batch_rows(train: FaceArrays, settings: DistillSettings, step: int) -> torch
     return torch.from_numpy(np.concatenate([generated, real]))
 
 
-def fit_fe_offsets(fe_prob: np.ndarray, data: FaceArrays, photo_weight: float, l2: float = 1e-2) -> np.ndarray:
+def fit_fe_offsets(fe_prob: np.ndarray, data: FaceArrays, photo_weight: float | None,
+                   l2: float = 1e-2) -> np.ndarray:
     """Per-expression logit offsets that minimise weighted cross-entropy on labelled (validation) rows.
 
     Real photos carry `photo_weight` of the total weight and generated faces the rest, so a
-    handful of real photos counts without being the only thing fitted. Offsets are centred (softmax
-    does not see a common shift) and lightly L2-regularised; 7 numbers, a convex fit.
+    handful of real photos counts without being the only thing fitted (None: all rows weigh the same).
+    Offsets are centred (softmax does not see a common shift) and lightly L2-regularised; 7 numbers, a
+    convex fit.
     """
     labelled = data.fe >= 0
     n_classes = fe_prob.shape[1]
-    if photo_weight <= 0 or not labelled.any():
+    if (photo_weight is not None and photo_weight <= 0) or not labelled.any():
         return np.zeros(n_classes, np.float32)
     is_photo = (data.dataset == PHOTO_DATASET)[labelled]
-    weight = np.where(is_photo, photo_weight / max(is_photo.sum(), 1), (1 - photo_weight) / max((~is_photo).sum(), 1))
-    if not is_photo.any() or is_photo.all():
+    if photo_weight is not None:
+        weight = np.where(is_photo, photo_weight / max(is_photo.sum(), 1),
+                          (1 - photo_weight) / max((~is_photo).sum(), 1))
+    if photo_weight is None or not is_photo.any() or is_photo.all():
         weight = np.full(len(is_photo), 1.0 / len(is_photo))
     logp = torch.from_numpy(np.log(np.clip(fe_prob[labelled], 1e-8, 1.0))).double()
     target = torch.from_numpy(data.fe[labelled])
@@ -197,7 +202,7 @@ def _step_loss(student: StudentSSM, teacher: SSMTeacher, batch: dict[str, torch.
         t_out = teacher.predict(batch["image"])
     f, g, out = student(batch["image"])
     terms = {
-        "hard": hard_loss(out, batch["au"], batch["au_mask"], batch["fe"]),
+        "hard": hard_loss(out, batch["au"], batch["au_mask"], batch.get("fe_soft", batch["fe"])),
         "kd_fe": kd_fe_loss(out.fe_logits, t_out.fe_logits, w.temperature),
         "kd_au": kd_au_loss(out.au_prob, t_out.au_prob[:, 0]),
         "feature": feature_loss(student.proj_f(f), t_out.f) + feature_loss(student.proj_g(g), t_out.g[:, 0]),

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from quantize.ssm.head import PROB_CLAMP, HeadOutput
+from quantize.train.losses import fe_ce
 
 
 @dataclass(frozen=True)
@@ -25,9 +26,8 @@ def _clamped(p: torch.Tensor) -> torch.Tensor:
 
 
 def hard_loss(out: HeadOutput, au: torch.Tensor, au_mask: torch.Tensor, fe: torch.Tensor) -> torch.Tensor:
-    loss = out.fe_logits.new_zeros(())
-    if (fe >= 0).any():
-        loss = loss + F.cross_entropy(out.fe_logits[fe >= 0], fe[fe >= 0])
+    """Labels: `fe` as class indices or target distributions (`quantize.train.losses.fe_ce`); masked AU BCE."""
+    loss = fe_ce(out.fe_logits, fe)
     if au_mask.any():
         bce = F.binary_cross_entropy(_clamped(out.au_prob), au, reduction="none")
         loss = loss + (bce * au_mask).sum() / au_mask.sum()

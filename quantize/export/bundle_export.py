@@ -49,6 +49,8 @@ class ExportSpec:
     mean: list[float]
     std: list[float]
     alignment: list[list[float]]
+    channels: int = 3
+    color_order: str = "RGB"
     description: str = ""
     training_data: str = ""
     metrics: list[dict[str, Any]] = field(default_factory=list)
@@ -85,14 +87,14 @@ def export_bundle(
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".export-") as work_dir:
         work = Path(work_dir)
         raw_trt, trt = work / "raw_trt.onnx", work / TRT_FILE
-        export_onnx(student, raw_trt, spec.crop_size)
+        export_onnx(student, raw_trt, spec.crop_size, spec.channels)
         simplify(raw_trt, trt)
         qdq = check_tensorrt_int8(onnx.load(str(trt)), expect_qdq=op_counts(onnx.load(str(raw_trt))))
 
         float_student = copy.deepcopy(student)
         set_mode(float_student, "float")
         raw_fp32, fp32 = work / "raw_fp32.onnx", work / FP32_FILE
-        export_onnx(float_student, raw_fp32, spec.crop_size)
+        export_onnx(float_student, raw_fp32, spec.crop_size, spec.channels)
         simplify(raw_fp32, fp32)
         cpu = work / CPU_FILE
         float_nodes = quantize_for_cpu(fp32, cpu, calibration)
@@ -124,7 +126,8 @@ def export_bundle(
             "training_data": spec.training_data,
             "labels": {"aus": list(spec.labels.aus), "expressions": list(spec.labels.expressions)},
             "input": {
-                "crop_size": spec.crop_size, "mean": spec.mean, "std": spec.std,
+                "crop_size": spec.crop_size, "channels": spec.channels, "color_order": spec.color_order,
+                "mean": spec.mean, "std": spec.std,
                 "alignment": {"points": spec.alignment},
             },
             "output": {"feature_dim": int(golden["f"].shape[1])},
@@ -133,7 +136,7 @@ def export_bundle(
                 "tensorrt_graph": {**qdq, "opset": onnx.load(str(trt)).opset_import[0].version},
                 "cpu_graph": "onnxruntime quantize_static QDQ (uint8 activations, int8 per-channel weights), "
                              "MinMax calibration"
-                             + (f"; left in float: {', '.join(float_nodes)} (the stem conv on the 3-channel image)"
+                             + (f"; left in float: {', '.join(float_nodes)} (the stem conv on the image)"
                                 if float_nodes else ""),
                 "calibration_images": len(calibration),
                 "golden_max_abs_deviation": deviation,

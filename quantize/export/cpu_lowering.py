@@ -8,13 +8,13 @@ the same images as QAT. Accuracy of this graph is measured, not assumed.
 
 from __future__ import annotations
 
-import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 
+from edge.fsutil import atomic_write
 from quantize.export.onnx_graphs import INPUT_NAME
 
 
@@ -63,5 +63,5 @@ def quantize_for_cpu(fp32_onnx: Path, dest: Path, calibration_images: np.ndarray
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax, nodes_to_exclude=excluded,
         )
-        os.replace(out, dest)
+        atomic_write(dest, out.read_bytes())
     return excluded

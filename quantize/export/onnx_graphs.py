@@ -6,8 +6,7 @@ exporter cannot export a dynamic batch through fake-quant ops (DESIGN.md).
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 import warnings
 from collections import Counter
 from pathlib import Path
@@ -17,6 +16,8 @@ import onnx
 import torch
 from onnx import numpy_helper
 from torch import nn
+
+from edge.fsutil import atomic_write
 
 OPSET = 17
 INPUT_NAME = "image"
@@ -32,18 +33,15 @@ def export_onnx(model: nn.Module, path: Path, crop_size: int, channels: int = 3)
     model = model.eval()
     dummy = torch.zeros(1, channels, crop_size, crop_size)
     axes = {name: {0: "batch"} for name in (INPUT_NAME, *OUTPUT_NAMES)}
-    tmp = _tmp_beside(path)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(
-                model, (dummy,), str(tmp), input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
-                dynamic_axes=axes, opset_version=OPSET, do_constant_folding=True, dynamo=False,
-            )
-        onnx.checker.check_model(onnx.load(str(tmp)))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model, (dummy,), buffer, input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
+            dynamic_axes=axes, opset_version=OPSET, do_constant_folding=True, dynamo=False,
+        )
+    onnx.checker.check_model(onnx.load_from_string(buffer.getvalue()))
+    atomic_write(path, buffer.getvalue())
 
 
 def simplify(src: Path, dest: Path) -> None:
@@ -52,18 +50,7 @@ def simplify(src: Path, dest: Path) -> None:
     model, ok = onnxsim.simplify(onnx.load(str(src)))
     if not ok:
         raise ExportError(f"onnxsim could not validate the simplified graph of {src}")
-    tmp = _tmp_beside(dest)
-    try:
-        onnx.save(model, str(tmp))
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _tmp_beside(path: Path) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return Path(name)
+    atomic_write(dest, model.SerializeToString())
 
 
 def op_counts(model: onnx.ModelProto) -> Counter:

@@ -24,9 +24,9 @@ def _conv(cin: int, cout: int, stride: int) -> nn.Sequential:
 class ConvBackbone(nn.Module):
     """Plain stride-2 conv stages + global pooling; cheap enough to train on 2 CPU cores."""
 
-    def __init__(self, dim: int, widths: tuple[int, ...] = (24, 48, 96, 128)) -> None:
+    def __init__(self, dim: int, widths: tuple[int, ...] = (24, 48, 96, 128), in_channels: int = 3) -> None:
         super().__init__()
-        layers, cin = [], 3
+        layers, cin = [], in_channels
         for w in widths:
             layers += [_conv(cin, w, 2), _conv(w, w, 1)]
             cin = w

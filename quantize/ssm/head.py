@@ -7,6 +7,7 @@ produces exactly the arrays the device side consumes.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,11 +37,17 @@ def prior_terms(mapping: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torc
 
 
 class SemanticHead(nn.Module):
-    def __init__(self, dim: int, n_au: int, n_fe: int, scale_init: float = 10.0, mix_init: float = 0.2) -> None:
+    def __init__(self, dim: int, n_au: int, n_fe: int, scale_init: float = 10.0, mix_init: float = 0.2,
+                 output_prior: bool = True, learn_scale: bool = True) -> None:
         super().__init__()
+        self.output_prior = output_prior
         self.fe_linear = nn.Linear(dim, n_fe)
         self.au_linear = nn.Linear(dim, n_au)
-        self.log_scale = nn.Parameter(torch.tensor(float(np.log(scale_init))))
+        log_scale = torch.tensor(float(np.log(scale_init)))
+        if learn_scale:
+            self.log_scale = nn.Parameter(log_scale)
+        else:  # fixed (the public code's 0.1 / 0.01 = 10): a buffer, so no optimizer ever moves it
+            self.register_buffer("log_scale", log_scale)
         # Output-level prior mixing weights, kept in (0, 1) through a sigmoid.
         self.mix_fe_logit = nn.Parameter(torch.logit(torch.tensor(mix_init)))
         self.mix_au_logit = nn.Parameter(torch.logit(torch.tensor(mix_init)))
@@ -51,19 +58,31 @@ class SemanticHead(nn.Module):
         return self.log_scale.exp()
 
     def forward(
-        self, f: torch.Tensor, g: torch.Tensor, t_au: torch.Tensor, t_fe: torch.Tensor, mapping: torch.Tensor
+        self, f: torch.Tensor, g: torch.Tensor, t_au: torch.Tensor, t_fe: torch.Tensor, mapping: torch.Tensor,
+        au_filter: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> HeadOutput:
+        """`au_filter` (optional) maps the AU logits before the sigmoid, e.g. the public code's two-frame
+        smoothing (quantize.ssm.temporal.AUSmoothing), which needs the rows' clip layout."""
         fe_sim = F.normalize(f, dim=-1, eps=EPS) @ t_fe.t()
         au_sim = F.normalize(g, dim=-1, eps=EPS) @ t_au.t()
         z_fe = self.fe_linear(f) + self.scale * fe_sim
         z_au = self.au_linear(g) + self.scale * au_sim
+        if au_filter is not None:
+            z_au = au_filter(z_au)
         p_fe0 = torch.softmax(z_fe, dim=-1)
         p_au0 = torch.sigmoid(z_au)
         expect, loglik, bias = prior_terms(mapping)
-        lam_fe, lam_au = torch.sigmoid(self.mix_fe_logit), torch.sigmoid(self.mix_au_logit)
+        lam_fe, lam_au = self.mixing()
         fe_logits = z_fe + lam_fe * (p_au0 @ loglik.t() + bias) / self.n_au
         au_prob = (1 - lam_au) * p_au0 + lam_au * (p_fe0 @ expect.t())
         return HeadOutput(fe_logits, torch.softmax(fe_logits, dim=-1), au_prob, z_fe, z_au, fe_sim, au_sim)
+
+    def mixing(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Output-level prior weights (lambda_E, lambda_A); both 0 when the output-level prior is off."""
+        if not self.output_prior:
+            zero = self.mix_fe_logit.new_zeros(())
+            return zero, zero
+        return torch.sigmoid(self.mix_fe_logit), torch.sigmoid(self.mix_au_logit)
 
     @torch.no_grad()
     def export_params(self, t_au: torch.Tensor, t_fe: torch.Tensor, mapping: torch.Tensor) -> dict[str, np.ndarray]:
@@ -81,8 +100,8 @@ class SemanticHead(nn.Module):
             "fe_proto": arr(t_fe),
             "au_proto": arr(t_au),
             "scale": np.float32(self.scale.item()).reshape(()),
-            "mix_fe": np.float32(torch.sigmoid(self.mix_fe_logit).item()).reshape(()),
-            "mix_au": np.float32(torch.sigmoid(self.mix_au_logit).item()).reshape(()),
+            "mix_fe": np.float32(self.mixing()[0].item()).reshape(()),
+            "mix_au": np.float32(self.mixing()[1].item()).reshape(()),
             "prior_expect": arr(expect),
             "prior_loglik": arr(loglik),
             "prior_bias": arr(bias),

@@ -6,14 +6,14 @@ mid-write leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from edge.fsutil import atomic_writer
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -36,17 +36,8 @@ def seed_everything(seed: int) -> None:
 
 def save_atomic(obj: Any, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; checkpoints are ordinary files
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_writer(path, mode=0o644) as fh:  # checkpoints are ordinary files
+        torch.save(obj, fh)
 
 
 def load(path: Path) -> dict[str, Any]:

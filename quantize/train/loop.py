@@ -52,6 +52,12 @@ class TrainSettings(BaseModel):
     seed: int = 0
     augment: bool = True
     progress: bool = True
+    # One batch of rows labelled for either task, each image computed once (real faces carry both labels);
+    # off: separate AU and expression batches (datasets labelled for one task each, as in the SSM paper).
+    single_stream: bool = False
+    # Intra-op threads (None: all cores over the ranks). On a shared machine, fewer threads than cores keeps
+    # OpenMP from spinning against other jobs, which costs far more than the thread it saves.
+    threads: int | None = Field(default=None, ge=1)
 
 
 @dataclass
@@ -134,10 +140,12 @@ def train(cfg: SSMConfig, s: TrainSettings, data: FaceArrays, out: Path, val: Fa
     checkpoint) before `s.steps`, as an interrupted run would, without changing the schedule.
     """
     info = init_distributed()
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // info.world))
+    torch.set_num_threads(s.threads or max(1, (os.cpu_count() or 1) // info.world))
     au_data, fe_data = data.au_rows(), data.fe_rows()
     if len(au_data) == 0 or len(fe_data) == 0:
         raise ValueError(f"training needs AU- and FE-labelled rows; got {len(au_data)} AU, {len(fe_data)} FE")
+    if s.single_stream:
+        fe_data = au_data = data
     ck.seed_everything(s.seed)
     model = model if model is not None else SSMTeacher(cfg)
     balancer = LossBalancer(ramp_steps=s.ramp_steps or s.steps)
@@ -180,13 +188,18 @@ def train(cfg: SSMConfig, s: TrainSettings, data: FaceArrays, out: Path, val: Fa
 
     stop = s.steps if until is None else min(until, s.steps)
     while step < stop:
-        ia = batch_indices(len(au_data), s.batch_au, step, s.seed, AU_STREAM, info.rank, info.world)
         ie = batch_indices(len(fe_data), s.batch_fe, step, s.seed, FE_STREAM, info.rank, info.world)
-        gen_a = augment_generator(s.seed, AU_STREAM, step, info.rank) if s.augment else None
         gen_e = augment_generator(s.seed, FE_STREAM, step, info.rank) if s.augment else None
-        ba, be = make_batch(au_data, ia, gen_a), make_batch(fe_data, ie, gen_e)
-        fe_out, au_out = net(be["image"], ba["image"])
-        losses = task_losses(fe_out, be["fe"], au_out, ba["au"], ba["au_mask"])
+        be = make_batch(fe_data, ie, gen_e)
+        if s.single_stream:
+            ba = be
+            fe_out, au_out = net(be["image"])
+        else:
+            ia = batch_indices(len(au_data), s.batch_au, step, s.seed, AU_STREAM, info.rank, info.world)
+            gen_a = augment_generator(s.seed, AU_STREAM, step, info.rank) if s.augment else None
+            ba = make_batch(au_data, ia, gen_a)
+            fe_out, au_out = net(be["image"], ba["image"])
+        losses = task_losses(fe_out, be.get("fe_soft", be["fe"]), au_out, ba["au"], ba["au_mask"])
         total = balancer(losses, step, reduce)
         opt.zero_grad(set_to_none=True)
         total.backward()

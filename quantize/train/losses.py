@@ -32,7 +32,15 @@ def masked_bce(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, log
 
 
 def fe_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy over rows with a label (target >= 0); 0 when none has one."""
+    """Cross-entropy over labelled rows; 0 when none is. `target` is B class indices (-1: unlabelled) or
+    B x E target distributions (all-zero rows: unlabelled), e.g. crowd votes mixed with a hard label."""
+    if target.ndim == 2:
+        mass = target.sum(dim=1)
+        keep = mass > 0
+        if not keep.any():
+            return logits.sum() * 0.0
+        p = target[keep] / mass[keep, None]
+        return -(p * F.log_softmax(logits[keep], dim=-1)).sum(dim=1).mean()
     keep = target >= 0
     if not keep.any():
         return logits.sum() * 0.0

@@ -32,6 +32,16 @@ class DataRecipe(BaseModel):
     seed: int = 0
     npz: Path | None = None  # arrays file with train_/val_/holdout_ prefixed fields instead of generation
 
+    def split(self, name: str) -> FaceArrays:
+        return build_split(self, name)
+
+    def describe(self) -> str:
+        return f"generated {self.kind} faces, person-disjoint"
+
+    @property
+    def holdout_name(self) -> str:
+        return "generated holdout faces of unseen people"
+
 
 def build_split(recipe: DataRecipe, split: str) -> FaceArrays:
     if split not in SPLITS:
@@ -50,8 +60,11 @@ def build_split(recipe: DataRecipe, split: str) -> FaceArrays:
 
 
 def save_npz(path: Path, splits: dict[str, FaceArrays]) -> None:
+    from edge.fsutil import atomic_writer
+
     arrays = {f"{s}_{f}": getattr(a, f) for s, a in splits.items() for f in ARRAY_FIELDS}
-    np.savez(path, **arrays)
+    with atomic_writer(path) as handle:
+        np.savez(handle, **arrays)
 
 
 def load_npz(path: Path, split: str) -> FaceArrays:
@@ -60,3 +73,12 @@ def load_npz(path: Path, split: str) -> FaceArrays:
             return FaceArrays(**{f: z[f"{split}_{f}"] for f in ARRAY_FIELDS})
     except KeyError as exc:
         raise ValueError(f"{path}: no arrays for split {split!r} ({exc})") from None
+
+
+def data_source(meta: dict):
+    """The data a run was trained on, from its checkpoint's `meta`: real-face caches or a generated recipe."""
+    if "real" in meta:
+        from quantize.train.real_data import RealData
+
+        return RealData(**meta["real"])
+    return DataRecipe(**meta.get("recipe", {}))

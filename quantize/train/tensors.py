@@ -13,30 +13,46 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from quantize.data.camera_augment import CameraAugment
 from quantize.data.torch_data import normalise
+
+CAMERA = CameraAugment()
 
 
 @dataclass
 class FaceArrays:
-    images: np.ndarray  # uint8 N x [T x] H x W x 3
-    au: np.ndarray  # float32 N x [T x] A
+    """Aligned faces with labels. RGB crops (N x [T x] H x W x 3) are the model input as they are; grey context
+    crops (N x C x C, `quantize.data.face_cache`) carry `margin` pixels of context around the model input."""
+
+    images: np.ndarray  # uint8 N x [T x] H x W x 3, or N x C x C grey
+    au: np.ndarray  # float32 N x [T x] A, soft targets in [0, 1]
     au_mask: np.ndarray  # bool N x A
     fe: np.ndarray  # int64 N, -1 = unlabelled
     person: np.ndarray  # str N
     dataset: np.ndarray  # str N
+    fe_soft: np.ndarray | None = None  # float32 N x E expression target distributions (zero rows: none)
+    margin: int = 0
 
     def __len__(self) -> int:
         return len(self.fe)
 
+    @property
+    def grey(self) -> bool:
+        return self.images.ndim == 3
+
     def subset(self, keep: np.ndarray) -> FaceArrays:
+        soft = None if self.fe_soft is None else self.fe_soft[keep]
         return FaceArrays(self.images[keep], self.au[keep], self.au_mask[keep], self.fe[keep],
-                          self.person[keep], self.dataset[keep])
+                          self.person[keep], self.dataset[keep], soft, self.margin)
 
     def au_rows(self) -> FaceArrays:
         return self.subset(self.au_mask.any(axis=1))
 
     def fe_rows(self) -> FaceArrays:
-        return self.subset(self.fe >= 0)
+        labelled = self.fe >= 0
+        if self.fe_soft is not None:
+            labelled |= self.fe_soft.sum(axis=1) > 0
+        return self.subset(labelled)
 
 
 def stack_samples(samples: Sequence) -> FaceArrays:
@@ -77,11 +93,33 @@ def geometric_jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
+def _grey_inputs(data: FaceArrays, rows: np.ndarray, gen: torch.Generator | None) -> torch.Tensor:
+    """Model inputs from grey context crops: the centre, or with `gen` the camera augmentation of each crop."""
+    size = data.images.shape[1] - 2 * data.margin
+    if gen is None:
+        m = data.margin
+        crops = data.images[rows, m : m + size, m : m + size]
+    else:
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=gen)))
+        crops = np.stack([CAMERA(data.images[r], size, rng) for r in rows])
+    return normalise(crops)
+
+
 def make_batch(data: FaceArrays, idx: torch.Tensor, gen: torch.Generator | None,
                geometric: bool = False) -> dict[str, torch.Tensor]:
     """A batch; with `gen`, random horizontal flips and brightness/contrast jitter (same for a clip's frames),
-    plus, with `geometric` (single images only), a small random similarity warp."""
+    plus, with `geometric` (single images only), a small random similarity warp. Grey context crops get the
+    camera augmentation (`quantize.data.camera_augment`) instead."""
     rows = idx.numpy()
+    targets = {
+        "au": torch.from_numpy(data.au[rows]),
+        "au_mask": torch.from_numpy(data.au_mask[rows]),
+        "fe": torch.from_numpy(data.fe[rows]),
+    }
+    if data.fe_soft is not None:
+        targets["fe_soft"] = torch.from_numpy(data.fe_soft[rows])
+    if data.grey:
+        return {"image": _grey_inputs(data, rows, gen), **targets}
     x = normalise(data.images[rows])
     if gen is not None:
         n = x.shape[0]
@@ -95,9 +133,4 @@ def make_batch(data: FaceArrays, idx: torch.Tensor, gen: torch.Generator | None,
             if x.ndim != 4:
                 raise ValueError("geometric jitter is for single images (N, C, H, W), not clips")
             x = geometric_jitter(x, gen)
-    return {
-        "image": x,
-        "au": torch.from_numpy(data.au[rows]),
-        "au_mask": torch.from_numpy(data.au_mask[rows]),
-        "fe": torch.from_numpy(data.fe[rows]),
-    }
+    return {"image": x, **targets}
