@@ -1,27 +1,37 @@
-"""GPU benchmark: the fused head kernel vs the same math as separate PyTorch CUDA ops.
+"""GPU benchmark: the fused head kernel as the device ships it vs its two alternatives.
 
-Needs an NVIDIA GPU, torch with CUDA and pycuda or CuPy; exits with status 2 and
-a message saying what is missing otherwise. Both paths run on the same GPU, on
-the same torch-allocated buffers and stream, with EMA smoothing of every face:
+- fused: `edge.kernels.launcher.CudaHead.launch` on device pointers, on its
+  CudaSession's stream (cuda-python, NVRTC-compiled): what runs after the
+  TensorRT engine on a Jetson;
+- torch ops: the same math as separate PyTorch CUDA ops (one launch per op);
+- numpy head: `NumpyHead.run` on host arrays, what the device runs when the
+  fused kernel does not load (and on CPU-only boxes).
 
-    python benchmarks/kernel_bench.py [--iterations 1000] [--backend cupy]
+Needs an NVIDIA GPU, torch with CUDA and cuda-python; exits with status 2 and a
+message saying what is missing otherwise. EMA smoothing of every face:
 
-Times are CUDA-event time per call over back-to-back calls (launch overhead
-included), after a warm-up. The `max |diff|` column checks that both agree.
+    python benchmarks/kernel_bench.py [--iterations 1000]
+
+Times are wall-clock per call over back-to-back calls after a warm-up, each
+path synchronised once at the end (fused, torch) or none needed (numpy). The
+`max |diff|` columns compare the fused outputs with torch's and with NumPy's.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from dataclasses import dataclass
 
 import numpy as np
 
-from edge.head import SmoothingSpec
+from edge.head import NumpyHead, SmoothingSpec
 from edge.head.params import HeadParams, synthetic_params
-from edge.kernels.launcher import CudaUnavailableError, CupyHead, PycudaHead
+from edge.kernels.launcher import CudaHead
 from edge.kernels.layout import DeviceBatch
+from edge.runtime.cuda_binding import CudaUnavailableError
+from edge.runtime.cuda_session import CudaSession
 
 
 @dataclass(frozen=True)
@@ -30,7 +40,9 @@ class Row:
     dtype: str
     fused_us: float
     torch_us: float
-    max_diff: float
+    numpy_us: float
+    diff_torch: float
+    diff_numpy: float
 
 
 class TorchHead:
@@ -62,19 +74,18 @@ class TorchHead:
         return smoothed[:, : self.n_fe], au, au >= p["au_threshold"], smoothed[:, : self.n_fe].argmax(dim=1)
 
 
-def _time(torch, step, iterations: int, warmup: int) -> float:
+def _time(step, sync, iterations: int, warmup: int) -> float:
     for _ in range(warmup):
         step()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
+    sync()
+    start = time.perf_counter()
     for _ in range(iterations):
         step()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) * 1e3 / iterations
+    sync()
+    return (time.perf_counter() - start) * 1e6 / iterations
 
 
-def run(backend: str, iterations: int, warmup: int) -> int:
+def run(iterations: int, warmup: int) -> int:
     try:
         import torch
     except ImportError:
@@ -84,22 +95,14 @@ def run(backend: str, iterations: int, warmup: int) -> int:
         print("kernel_bench: no CUDA GPU visible to torch; nothing measured", file=sys.stderr)
         return 2
     torch.cuda.init()
+    try:
+        session = CudaSession()  # the primary context, the one torch uses too: its pointers are valid here
+    except CudaUnavailableError as exc:
+        print(f"kernel_bench: {exc}", file=sys.stderr)
+        return 2
     params = synthetic_params(seed=0)
     spec = SmoothingSpec("ema", alpha=0.4, max_tracks=64)
-    launchers = {"cupy": CupyHead, "pycuda": PycudaHead}
-    order = [backend] if backend != "auto" else ["cupy", "pycuda"]
-    fused = None
-    for name in order:
-        try:
-            fused = launchers[name](params, spec)
-            break
-        except CudaUnavailableError as exc:
-            print(f"kernel_bench: {name} launcher unavailable: {exc}", file=sys.stderr)
-    if fused is None:
-        print("kernel_bench: no CUDA launcher (pycuda or CuPy); nothing measured", file=sys.stderr)
-        return 2
-    # CuPy takes torch's stream handle; pycuda launches on the legacy default stream, torch's default too.
-    stream = torch.cuda.current_stream().cuda_stream if fused.backend == "cupy" else None
+    fused = CudaHead(params, spec, session)
     e, a = params.n_fe, params.n_au
     rows: list[Row] = []
     for dtype in ("float32", "float16"):
@@ -109,7 +112,7 @@ def run(backend: str, iterations: int, warmup: int) -> int:
             f = torch.randn(batch, params.dim, device="cuda", generator=gen).to(tdt)
             g = torch.randn(batch, params.dim, device="cuda", generator=gen).to(tdt)
             slots = torch.arange(batch, device="cuda", dtype=torch.int32)
-            fresh = torch.zeros(batch, device="cuda", dtype=torch.uint8)
+            fresh = torch.ones(batch, device="cuda", dtype=torch.uint8)
             out = {
                 "fe_prob": torch.empty(batch, e, device="cuda"),
                 "au_prob": torch.empty(batch, a, device="cuda"),
@@ -120,32 +123,44 @@ def run(backend: str, iterations: int, warmup: int) -> int:
             dev_batch = DeviceBatch(
                 batch, f.data_ptr(), g.data_ptr(), slots.data_ptr(), fresh.data_ptr(), **ptrs, dtype=dtype
             )
+            torch.cuda.synchronize()
             reference = TorchHead(params, spec, torch)
-            slots64, fresh_b = slots.long(), fresh.bool()
-            fresh_b.fill_(True)
-            reference(f, g, slots64, fresh_b)  # both start from the same first frame
-            fresh.fill_(1)
-            fused.launch(dev_batch, stream)
+            numpy_head = NumpyHead(params, spec)
+            f_host, g_host = f.cpu().numpy(), g.cpu().numpy()
+            slots_host = slots.cpu().numpy()
+            slots64, fresh_b = slots.long(), torch.ones(batch, device="cuda", dtype=torch.bool)
+            reference(f, g, slots64, fresh_b)  # all three start from the same first frame
+            fused.launch(dev_batch)
+            numpy_head.run(f_host, g_host, slots_host, np.ones(batch, bool))
+            session.synchronize()
             fresh.fill_(0)
             fresh_b.fill_(False)
-            fused_us = _time(torch, lambda b=dev_batch: fused.launch(b, stream), iterations, warmup)
+            torch.cuda.synchronize()
+            not_fresh = np.zeros(batch, bool)
+            fused_us = _time(lambda b=dev_batch: fused.launch(b), session.synchronize, iterations, warmup)
             step = lambda f=f, g=g, r=reference, s=slots64, n=fresh_b: r(f, g, s, n)  # noqa: E731
-            torch_us = _time(torch, step, iterations, warmup)
-            # Same number of smoothing steps on both sides, so the states agree.
+            torch_us = _time(step, torch.cuda.synchronize, iterations, warmup)
+            numpy_step = lambda h=numpy_head, x=f_host, y=g_host, s=slots_host, n=not_fresh: h.run(x, y, s, n)  # noqa: E731
+            numpy_us = _time(numpy_step, lambda: None, iterations, warmup)
+            # Same number of smoothing steps on every side, so the states agree.
             fe_ref = reference.state[:batch, :e]
             torch.cuda.synchronize()
-            diff = float((out["fe_prob"] - fe_ref).abs().max())
-            rows.append(Row(batch, dtype, fused_us, torch_us, diff))
+            fe_fused = out["fe_prob"].cpu().numpy()
+            diff_torch = float(np.abs(fe_fused - fe_ref.cpu().numpy()).max())
+            diff_numpy = float(np.abs(fe_fused - numpy_head.smoother.values[:batch, 0, :e]).max())
+            rows.append(Row(batch, dtype, fused_us, torch_us, numpy_us, diff_torch, diff_numpy))
+    fused.close()
+    session.close()
     name = torch.cuda.get_device_name()
     cap = ".".join(map(str, torch.cuda.get_device_capability()))
-    print(f"GPU: {name} (sm {cap}), torch {torch.__version__}, fused launcher: {fused.backend}")
+    print(f"GPU: {name} (sm {cap}), torch {torch.__version__}, fused kernel: {fused.source}")
     print(f"E={e} A={a} D={params.dim}, EMA smoothing, {iterations} calls after {warmup} warm-up")
-    print(f"{'batch':>5} {'input':>8} {'fused us':>9} {'torch ops us':>13} {'speed-up':>9} {'max |diff|':>11}")
+    print(f"{'batch':>5} {'input':>8} {'fused us':>9} {'torch ops us':>13} {'numpy us':>9} "
+          f"{'vs torch':>9} {'vs numpy':>9} {'|diff| torch':>13} {'|diff| numpy':>13}")
     for r in rows:
-        print(
-            f"{r.batch:>5} {r.dtype:>8} {r.fused_us:>9.1f} {r.torch_us:>13.1f} "
-            f"{r.torch_us / r.fused_us:>8.1f}x {r.max_diff:>11.2e}"
-        )
+        print(f"{r.batch:>5} {r.dtype:>8} {r.fused_us:>9.1f} {r.torch_us:>13.1f} {r.numpy_us:>9.1f} "
+              f"{r.torch_us / r.fused_us:>8.1f}x {r.numpy_us / r.fused_us:>8.1f}x {r.diff_torch:>13.2e} "
+              f"{r.diff_numpy:>13.2e}")
     return 0
 
 
@@ -153,9 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--iterations", type=int, default=1000)
     parser.add_argument("--warmup", type=int, default=100)
-    parser.add_argument("--backend", choices=["auto", "cupy", "pycuda"], default="auto")
     args = parser.parse_args(argv)
-    return run(args.backend, args.iterations, args.warmup)
+    return run(args.iterations, args.warmup)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,9 @@ FER2013's run on their bordered frame, exactly as `affect-sensor analyze --face-
 models see that same face:
 
 - ours: five-point alignment to the bundle's crop, the bundle's CPU INT8 graph, the NumPy head (no smoothing);
-- the peer: `fer`'s own crop from the same box and its `emotion_model_quantized.tflite`
-  (benchmarks/peer_fer.py documents the procedure and proves it is fer's).
+- the peer: its `emotion_model_quantized.tflite` on `fer`'s own crop from the same box
+  (benchmarks/peer_fer.py documents the procedure and proves it is fer's); on tight face crops (FER2013), the
+  whole crop resized to its 64x64 input, as it was trained.
 
 Reported per set, for both models: accuracy, UAR (macro recall), per-class recall and the confusion matrix on
 the faces found; ours also counting missed faces as wrong. AU sanity for ours: ROC AUC of each AU's output for
@@ -34,11 +35,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from peer_fer import FER_LABELS, FerPeer, OwnModel, fer_face_input, fer_grey_padded, xyxy_to_fer_box
+from peer_fer import (
+    FER_LABELS,
+    FER_SIZE,
+    FerPeer,
+    OwnModel,
+    fer_face_input,
+    fer_grey_padded,
+    xyxy_to_fer_box,
+)
 
 PEER_TO_OURS = {"angry": "anger", "disgust": "disgust", "fear": "fear", "happy": "happiness", "sad": "sadness",
                 "surprise": "surprise", "neutral": "neutral"}
@@ -120,9 +130,10 @@ class Runner:
         self.peer_columns = [self.classes.index(PEER_TO_OURS[n]) for n in FER_LABELS]
 
     def score(self, image: np.ndarray, tight: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
-        """Both models on the largest face the device gate passes. A tight crop runs on its bordered frame, as
-        `analyze --face-crops` does (ours aligns there); the peer crops its way from the same box, mapped back
-        into the photo."""
+        """Both models on the largest face the device gate passes (an image without one is a miss for both). A
+        tight crop runs on its bordered frame, as `analyze --face-crops` does (ours aligns there), and the peer
+        gets the whole crop, the way it was trained on FER2013; elsewhere the peer crops its own way (fer's
+        procedure) from the same box."""
         from edge.analysis.face_crops import face_crop_frame
         from edge.head.reference import head_forward, sigmoid
 
@@ -133,8 +144,11 @@ class Runner:
             return None
         features = self.ours.infer(self.ours.tensor(self.ours.crop(frame, face)))
         out = head_forward(self.params, features.f, features.g)
-        box = framed.to_photo(face.box.reshape(2, 2)).reshape(4) if framed is not None else face.box
-        x = fer_face_input(fer_grey_padded(image), xyxy_to_fer_box(box))
+        if framed is not None:  # the whole tight crop, as the peer was trained on FER2013
+            grey = cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), (FER_SIZE, FER_SIZE)).astype(np.float32)
+            x = ((grey / 255.0 - 0.5) * 2.0)[None, :, :, None]
+        else:
+            x = fer_face_input(fer_grey_padded(image), xyxy_to_fer_box(face.box))
         peer = np.zeros(len(self.classes))
         peer[self.peer_columns] = self.peer.predict(x)
         return out.fe_prob[0], out.au_prob[0], sigmoid(out.au_logits_raw[0]), peer

@@ -1,3 +1,3 @@
 """On-device runtime of the affect sensor. Must import and run without torch."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

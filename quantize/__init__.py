@@ -1,3 +1,3 @@
 """Workstation pipeline: SSM teacher, quantization-aware distillation, export to edge bundles."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

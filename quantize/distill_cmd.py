@@ -49,6 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "docs/data.md)")
     r.add_argument("--work", type=Path, default=Path("runs/default"), help="run directories (resumable)")
     r.add_argument("--out", type=Path, default=None, help="bundle output (default: edge/models/default)")
+    r.add_argument("--threads", type=int, default=None,
+                   help="PyTorch threads (default: all cores; on a shared machine, one per free core)")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=_recipe)
 
@@ -230,9 +232,10 @@ def check_resumable(distill_run: Path, settings) -> None:
     if not saved.is_file():
         return
     # parsed, so a field added since that run was made compares as its default
+    ignored = {"progress", "threads"}  # how a run is watched and scheduled, not what it computes
     old = {k: v for k, v in type(settings)(**json.loads(saved.read_text())["settings"]).model_dump(mode="json").items()
-           if k != "progress"}
-    new = {k: v for k, v in settings.model_dump(mode="json").items() if k != "progress"}
+           if k not in ignored}
+    new = {k: v for k, v in settings.model_dump(mode="json").items() if k not in ignored}
     if old != new:
         from edge.cli.app import CLIError
 
@@ -242,7 +245,8 @@ def check_resumable(distill_run: Path, settings) -> None:
 
 
 # The default bundle's teacher and student (docs/recipe.md).
-RECIPE_TEACHER = ["--config", "real", "--steps", "12000", "--batch", "64", "--seed", "0"]
+RECIPE_TEACHER = ["--config", "real", "--steps", "12000", "--batch", "64", "--seed", "0", "--val-every", "1000",
+                  "--ckpt-every", "500"]
 RECIPE_STUDENT = {"widths": (64, 128, 256), "blocks": (1, 1, 1), "stem_width": 32, "fp32_steps": 6000,
                   "qat_steps": 1500, "batch": 64, "lr": 2e-3, "photo_fraction": 0.0, "fe_bias_photo_weight": None,
                   "seed": 0}
@@ -265,12 +269,14 @@ def _recipe(args: argparse.Namespace) -> int:
     out = args.out or DEFAULT_BUNDLE_DIR
     teacher_run, distill_run = args.work / "teacher", args.work / "distill"
     started = time.monotonic()
-    settings = DistillSettings(**RECIPE_STUDENT, progress=not args.no_progress)
+    settings = DistillSettings(**RECIPE_STUDENT, progress=not args.no_progress, threads=args.threads)
     check_resumable(distill_run, settings)  # fail fast
     cmd = [sys.executable, "-m", "quantize.cli", "teacher", "train", *RECIPE_TEACHER, "--faces", str(args.faces),
            "--out", str(teacher_run)]
     if args.no_progress:
         cmd.append("--no-progress")
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
     print("recipe default: 1/3 teacher:", " ".join(cmd[2:]), flush=True)
     subprocess.run(cmd, check=True)
     print("recipe default: 2/3 distill + QAT", flush=True)

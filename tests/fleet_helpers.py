@@ -167,11 +167,12 @@ def http_server(root: Path, throttle_s: float = 0.0):
 
 
 def device_config(tmp: Path, device: str, keys: Path, broker_port: int | None, *, group: str = "lab",
-                  window_s: float = 1.5, extra: str = "") -> Path:
-    """A device TOML for a simulated device: demo camera, fleet updates on, state under `tmp`."""
+                  window_s: float = 1.5, extra: str = "", source: str = '"demo"') -> Path:
+    """A device TOML for a simulated device: demo camera (or `source`, a TOML value plus more [source] lines),
+    fleet updates on, state under `tmp`; `extra` is appended to [update]."""
     mqtt = (f'[mqtt]\nenabled = true\nhost = "127.0.0.1"\nport = {broker_port}\nprefix = "fleet-test"\n'
             if broker_port else "")
-    text = (f'[device]\nid = "{device}"\ngroup = "{group}"\n[source]\nuri = "demo"\nfps = 10\n[model]\nthreads = 1\n'
+    text = (f'[device]\nid = "{device}"\ngroup = "{group}"\n[source]\nuri = {source}\nfps = 10\n[model]\nthreads = 1\n'
             f'[stats]\ninterval_s = 1.0\n{mqtt}'
             f'[update]\nenabled = true\nbundles_dir = "{tmp / "bundles"}"\ntrusted_keys_dir = "{keys}"\n'
             f'allow_http = true\nhealth_file = "{tmp / "health.json"}"\nhealth_window_s = {window_s}\n'

@@ -13,7 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from edge.capture import Backoff, CaptureThread, Frame, LatestFrameSlot, SourceError
+from edge.capture import Backoff, CaptureThread, Frame, LatestFrameSlot, SourceError, SourceTimeout
+from edge.capture.reader import MAX_HUNG
 from edge.config.models import SourceConfig
 
 IMAGE = np.zeros((4, 4, 3), np.uint8)
@@ -118,44 +119,150 @@ def test_source_that_fails_mid_run_reconnects_with_backoff():
     assert "flaky test camera" in stats.last_error
 
 
-class HangingCamera:
-    """Fake driver whose read blocks forever after 5 frames until closed (a hung USB camera)."""
+class TimingOutCamera:
+    """Fake driver with a read timeout (what FFmpeg does with CAP_PROP_READ_TIMEOUT_MSEC): after 5 frames a
+    read waits `read_timeout_s`, then fails with SourceTimeout. Records which thread reads and closes it."""
 
     live = True
-    description = "hanging test camera"
+    description = "timing-out test camera"
 
-    def __init__(self, counter: list[int]) -> None:
-        counter[0] += 1
+    def __init__(self, opened: list, read_timeout_s: float) -> None:
+        opened.append(self)
+        self.read_timeout_s = read_timeout_s
         self.frames = 0
-        self.closed = threading.Event()
+        self.threads: dict[str, set[int]] = {"read": set(), "close": set()}
 
     def open(self) -> None:
         pass
 
     def read(self) -> Frame | None:
+        self.threads["read"].add(threading.get_ident())
         if self.frames >= 5:
-            self.closed.wait()
-            raise SourceError("read on a closed camera")
+            time.sleep(self.read_timeout_s)
+            raise SourceTimeout(f"no frame from {self.description} for {self.read_timeout_s:.1f} s (read timeout)")
         self.frames += 1
         return Frame(IMAGE, self.frames, time.monotonic(), self.description)
 
     def close(self) -> None:
-        self.closed.set()
+        self.threads["close"].add(threading.get_ident())
 
 
-def test_stalled_camera_is_detected_and_reopened():
-    opened = [0]
+def test_camera_that_times_out_is_reopened_and_closed_only_by_its_reader():
+    opened: list[TimingOutCamera] = []
     config = SourceConfig(uri="demo", stall_timeout_s=0.2, reconnect_initial_s=0.01, reconnect_max_s=0.02)
-    capture = CaptureThread(lambda: HangingCamera(opened), config).start()
+    capture = CaptureThread(lambda: TimingOutCamera(opened, 0.2), config).start()
     deadline = time.monotonic() + 10
-    while opened[0] < 3 and time.monotonic() < deadline:
+    while len(opened) < 3 and time.monotonic() < deadline:
         time.sleep(0.05)
     capture.stop()
     stats = capture.stats()
-    assert opened[0] >= 3
-    assert stats.stalls >= 2 and stats.reconnects >= 2
+    assert len(opened) >= 3
+    assert stats.stalls >= 2 and stats.reconnects >= 2 and stats.hung == 0
     assert stats.frames >= 10
-    assert "no frame from hanging test camera" in stats.last_error
+    assert "no frame from timing-out test camera" in stats.last_error
+    for camera in opened:  # never released from another thread than the one reading it
+        assert camera.threads["close"] and camera.threads["close"] == camera.threads["read"]
+
+
+class StuckCamera:
+    """Fake driver that ignores its timeout: the first camera's read blocks after 3 frames until the test
+    lets it return (a driver that comes back much later); later cameras work."""
+
+    live = True
+    description = "stuck test camera"
+
+    def __init__(self, world: dict) -> None:
+        world["cameras"].append(self)
+        self.world = world
+        self.stuck = len(world["cameras"]) <= world["stuck_cameras"]
+        self.read_timeout_s = 0.1  # declared, and ignored below
+        self.frames = 0
+        self.threads: dict[str, set[int]] = {"read": set(), "close": set()}
+        self.closed_after_return = False
+
+    def open(self) -> None:
+        pass
+
+    def read(self) -> Frame | None:
+        self.threads["read"].add(threading.get_ident())
+        time.sleep(0.005)
+        if self.stuck and self.frames >= 3:
+            self.world["release"].wait()
+            self.frames += 1
+            return Frame(IMAGE, -1, time.monotonic(), "late frame")  # must never reach the slot
+        self.frames += 1
+        return Frame(IMAGE, self.frames, time.monotonic(), self.description)
+
+    def close(self) -> None:
+        self.threads["close"].add(threading.get_ident())
+        self.closed_after_return = self.world["release"].is_set()
+
+
+def test_read_that_ignores_its_timeout_is_abandoned_not_released_and_capture_goes_on():
+    world = {"cameras": [], "stuck_cameras": 1, "release": threading.Event()}
+    config = SourceConfig(uri="demo", stall_timeout_s=0.2, reconnect_initial_s=0.05, reconnect_max_s=0.1)
+    capture = CaptureThread(lambda: StuckCamera(world), config).start()
+    got = []
+    deadline = time.monotonic() + 10
+    while len(got) < 20 and time.monotonic() < deadline:
+        frame = capture.slot.get(0.2)
+        if frame is not None:
+            got.append(frame)
+    stuck = world["cameras"][0]
+    assert len(got) == 20, "frames kept coming from a fresh worker"
+    assert not stuck.threads["close"], "the hung capture was never released under its blocked read"
+    stats = capture.stats()
+    assert stats.hung == 1 and stats.reconnects >= 1 and stats.connected
+    assert "read of stuck test camera blocked" in stats.last_error
+    world["release"].set()  # the driver finally returns: its own thread releases it, the late frame is dropped
+    deadline = time.monotonic() + 5
+    while not stuck.threads["close"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+    t = time.monotonic()
+    capture.stop()
+    assert time.monotonic() - t < 1.0
+    assert stuck.threads["close"] == stuck.threads["read"] and stuck.closed_after_return
+    assert all(f.source != "late frame" for f in got)
+    while (frame := capture.slot.get(0)) is not None:
+        assert frame.source != "late frame"
+    for camera in world["cameras"]:
+        assert camera.threads["close"] == camera.threads["read"]
+
+
+def test_hung_workers_are_capped():
+    world = {"cameras": [], "stuck_cameras": 99, "release": threading.Event()}
+    config = SourceConfig(uri="demo", stall_timeout_s=0.1, reconnect_initial_s=0.01, reconnect_max_s=0.02)
+    capture = CaptureThread(lambda: StuckCamera(world), config).start()
+    time.sleep(2.0)
+    stats = capture.stats()
+    assert stats.hung == MAX_HUNG and len(world["cameras"]) == MAX_HUNG + 1 and not stats.connected
+    assert not any(camera.threads["close"] for camera in world["cameras"])
+    world["release"].set()
+    capture.stop()
+    deadline = time.monotonic() + 5
+    while not all(camera.threads["close"] for camera in world["cameras"]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    for camera in world["cameras"]:
+        assert camera.threads["close"] == camera.threads["read"]
+
+
+def test_stop_of_a_flowing_camera_takes_about_one_frame():
+    opened: list[TimingOutCamera] = []
+    config = SourceConfig(uri="demo", stall_timeout_s=5.0)
+
+    class Paced(TimingOutCamera):
+        def read(self) -> Frame | None:
+            time.sleep(1 / 30)
+            self.frames = 0  # never runs out
+            return super().read()
+
+    capture = CaptureThread(lambda: Paced(opened, 5.0), config).start()
+    assert capture.slot.get(5.0) is not None
+    t = time.monotonic()
+    capture.stop()
+    assert time.monotonic() - t < 0.5
+    assert not capture.running and capture.slot.closed
+    assert opened[0].threads["close"] == opened[0].threads["read"]
 
 
 def test_finite_source_that_cannot_open_gives_up_and_closes_the_slot(tmp_path):
@@ -164,6 +271,6 @@ def test_finite_source_that_cannot_open_gives_up_and_closes_the_slot(tmp_path):
     config = SourceConfig(uri=str(tmp_path))  # empty folder
     capture = CaptureThread(lambda: open_source(config), config).start()
     assert capture.slot.get(5.0) is None
-    capture._thread.join(5)
+    assert capture.join(5)
     assert not capture.running and capture.stats().open_failures == 1
     capture.stop()

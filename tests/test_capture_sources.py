@@ -86,7 +86,7 @@ def test_capture_thread_over_folder_counts_skips_and_ends(tmp_path):
         if frame is not None:
             got.append(frame)
             time.sleep(0.05)  # a slow consumer: files are not live, so nothing may be dropped
-    capture._thread.join(10)
+    assert capture.join(10)
     assert not capture.running
     assert [round((f.image.mean() - 20) / 10) for f in got] == [0, 1, 2]
     stats = capture.stats()

@@ -348,3 +348,92 @@ def test_downgrade_documents_must_expire_and_documents_must_name_their_schema(de
         "bad_document", "schema_version: expected 1, got None")
     offer(agent, signed)
     assert reports[-1].state == "active" and store.current().manifest.build == 2
+
+
+# ---------------------------------------------------------------- issue 18: the health window judges faces
+
+
+class FakeDaemon:
+    """Writes health reports for `candidate` the way the daemon does, from a thread (this process's pid)."""
+
+    def __init__(self, path, candidate, *, faces_per_report: int = 1, pause: tuple[float, float] | None = None,
+                 frame_errors_after: float | None = None, faces_after: float = 0.0) -> None:
+        from edge.fleet.health import REPORT_INTERVAL_S
+
+        self.path, self.candidate, self.interval = path, str(candidate), REPORT_INTERVAL_S
+        self.faces_per_report, self.pause = faces_per_report, pause
+        self.frame_errors_after, self.faces_after = frame_errors_after, faces_after
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        from edge.fleet.health import HealthReport, write_report
+
+        started, frames, faces, errors = time.monotonic(), 0, 0, 0
+        while not self.stop.is_set():
+            now = time.monotonic() - started
+            if self.pause and self.pause[0] <= now < self.pause[0] + self.pause[1]:
+                time.sleep(0.05)  # a loaded CPU: the report is late, the process alive
+                continue
+            frames += 5
+            faces += self.faces_per_report if now >= self.faces_after else 0
+            errors += 1 if self.frame_errors_after is not None and now >= self.frame_errors_after else 0
+            write_report(self.path, HealthReport(pid=os.getpid(), ts=time.time(), bundle_dir=self.candidate, build=2,
+                                                 frames=frames, faces_inferred=faces, invalid_outputs=0,
+                                                 frame_errors=errors))
+            time.sleep(self.interval)
+
+    def __enter__(self) -> FakeDaemon:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join(5)
+
+
+def health_agent(tmp_path, kit, *overrides: str) -> UpdateAgent:
+    config = load_config(device_config(tmp_path, "cam-01", kit["keys"], None, window_s=2),
+                         ["update.health_min_frames=3", "update.swap_timeout_s=10", *overrides])
+    return UpdateAgent(config, "cam-01", lambda state: None)
+
+
+def test_a_late_health_report_from_a_live_daemon_is_not_a_stopped_daemon(tmp_path, kit):
+    """tests/test_fleet_e2e.py flaked under CPU load: a report 5 s late made a live daemon "unhealthy"."""
+    agent = health_agent(tmp_path, kit, "update.health_window_s=9")  # outlives the 6 s stall
+    candidate = tmp_path / "bundles" / "candidate"
+    with FakeDaemon(agent.config.update.health_file, candidate, pause=(0.5, 6.0)):
+        assert agent.watch_health(candidate) is None
+
+
+def test_a_report_older_than_health_stale_s_is_a_stopped_daemon(tmp_path, kit):
+    agent = health_agent(tmp_path, kit, "update.health_stale_s=1")
+    candidate = tmp_path / "bundles" / "candidate"
+    with FakeDaemon(agent.config.update.health_file, candidate, pause=(0.5, 6.0)):
+        code, message = agent.watch_health(candidate)
+    assert code == "unhealthy" and "stopped reporting" in message and "health_stale_s 1" in message
+
+
+def test_no_face_inferred_is_not_judged_healthy_and_is_retried_later(tmp_path, kit):
+    agent = health_agent(tmp_path, kit, "update.health_face_wait_s=1")
+    candidate = tmp_path / "bundles" / "candidate"
+    with FakeDaemon(agent.config.update.health_file, candidate, faces_per_report=0):
+        started = time.monotonic()
+        code, message = agent.watch_health(candidate)
+    assert code == "no_frames" and "0 faces inferred on the new bundle in 3 s (need 1)" in message
+    assert time.monotonic() - started >= 3  # the window (2 s) and the wait for faces (1 s)
+
+
+def test_faces_arriving_during_the_wait_pass_the_window(tmp_path, kit):
+    agent = health_agent(tmp_path, kit, "update.health_face_wait_s=10", "update.health_min_faces=2")
+    candidate = tmp_path / "bundles" / "candidate"
+    with FakeDaemon(agent.config.update.health_file, candidate, faces_after=3.0):
+        assert agent.watch_health(candidate) is None
+
+
+def test_frames_that_raise_on_the_new_bundle_make_it_unhealthy(tmp_path, kit):
+    agent = health_agent(tmp_path, kit)
+    candidate = tmp_path / "bundles" / "candidate"
+    with FakeDaemon(agent.config.update.health_file, candidate, frame_errors_after=1.0):
+        code, message = agent.watch_health(candidate)
+    assert code == "unhealthy" and "frames raised on the new bundle" in message

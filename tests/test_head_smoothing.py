@@ -123,3 +123,18 @@ def test_spec_validation() -> None:
     with pytest.raises(ValueError, match="mode"):
         SmoothingSpec("median")  # type: ignore[arg-type]
     assert SmoothingSpec("window", window=4).depth == 4 and SmoothingSpec("ema", window=4).depth == 1
+
+
+def test_a_full_slot_table_gives_the_slot_seen_longest_ago_instead_of_failing() -> None:
+    """Issue 18: more live tracks than slots (tracks the detector missed keep theirs) must not stop the daemon."""
+    slots = TrackSlots(max_tracks=2)
+    slots.assign([1])
+    slots.assign([2])
+    slots.assign([1])  # 1 seen again: 2 is now the one seen longest ago
+    s, fresh = slots.assign([3])
+    assert s.tolist() == [1] and fresh.tolist() == [True] and slots.evictions == 1
+    assert slots.active == {1: 0, 3: 1}
+    s, fresh = slots.assign([2, 3])  # 2 comes back: a new start, in the slot of 1 (not in this batch)
+    assert s.tolist() == [0, 1] and fresh.tolist() == [True, False] and slots.evictions == 2
+    with pytest.raises(SlotsExhaustedError, match="3 faces in one batch but only 2 smoothing slots"):
+        slots.assign([4, 5, 6])

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.kernels.build import KernelBuildError, build_cubin, find_nvcc
+from edge.kernels.build import KernelBuildError, build_cubin, cubin_name, find_nvcc
 from edge.kernels.layout import ENTRY_POINTS, KERNEL_SOURCE
 
 pytestmark = pytest.mark.skipif(find_nvcc() is None, reason="nvcc not installed")
@@ -22,7 +22,8 @@ def test_kernel_compiles(arch: str, tmp_path: Path) -> None:
     assert set(result.entry_points) == set(ENTRY_POINTS.values())
     spills = [line for line in result.log.splitlines() if "spill stores" in line]
     assert len(spills) == len(ENTRY_POINTS) and all(", 0 bytes spill stores" in line for line in spills), spills
-    assert sorted(p.name for p in tmp_path.iterdir()) == [f"ssm_head.{arch}.cubin"]  # no build debris
+    assert sorted(p.name for p in tmp_path.iterdir()) == [cubin_name(arch)]  # no build debris
+    assert cubin_name(arch).startswith("ssm_head.") and cubin_name(arch).endswith(f".{arch}.cubin")
 
 
 def _broken_copy(tmp_path: Path, old: str, new: str) -> Path:

@@ -223,3 +223,45 @@ def test_emulated_kernel_matches_numpy(emulator: Path, tmp_path: Path, mode: str
     state_tol = smoothed_bound(np.maximum(worst_fe.max(), worst_au.max()), spec.depth)
     assert_within("smoothing state", kernel.state.reshape(ref.smoother.values.shape), ref.smoother.values,
                   np.broadcast_to(state_tol, ref.smoother.values.shape))
+
+
+@pytest.mark.parametrize("mode", ["ema", "window"])
+def test_a_non_finite_row_never_enters_the_smoothing_state(emulator: Path, tmp_path: Path, mode: str) -> None:
+    """Issue 18: one NaN from the backend costs that face one frame, not the rest of its track.
+
+    Kernel and NumPy head get the same frames, two of them with a NaN feature; both must end with exactly
+    the state a clean run gets from the same frames without the broken rows, and a new track whose first
+    frame is broken must not inherit its slot's previous owner.
+    """
+    params = synthetic_params(n_fe=7, n_au=17, dim=64, seed=3)
+    spec = SmoothingSpec(mode, alpha=0.5, window=3, max_tracks=3)  # type: ignore[arg-type]
+    kernel = EmulatedHead(emulator, tmp_path, params, spec, threads=64)
+    numpy_head, clean = NumpyHead(params, spec), NumpyHead(params, spec)
+    rng = np.random.default_rng(5)
+    # (slots, fresh, broken face index or None); slot 2 changes owner at frame 3 and that first frame is broken
+    plan = [([0, 1, 2], [1, 1, 1], None), ([0, 1, 2], [0, 0, 0], None), ([0, 1], [0, 0], 0),
+            ([0, 1, 2], [0, 0, 1], 2), ([0, 1, 2], [0, 0, 0], None)]
+    worst = np.zeros(1)
+    for t, (slots, fresh, broken) in enumerate(plan):
+        f, g = rng.standard_normal((2, len(slots), params.dim)).astype(np.float32)
+        if broken is not None:
+            f[broken, 5] = np.nan
+        s, fr = np.array(slots, np.int32), np.array(fresh, bool)
+        fe, au, _, _ = kernel.run(f, g, s, fr)
+        got = numpy_head.run(f, g, s, fr)
+        ok = np.ones(len(slots), bool) if broken is None else np.arange(len(slots)) != broken
+        for name, rows in (("kernel", np.concatenate([fe, au], axis=1)),
+                           ("numpy", np.concatenate([got.fe_prob, got.au_prob], axis=1))):
+            assert np.isfinite(rows[ok]).all(), (name, t)
+            assert not np.isfinite(rows[~ok]).all(axis=1).any(), (name, t)  # passed through: the face is dropped
+        clean_fresh = fr[ok] | ((t == 4) & (s[ok] == 2))  # the clean run meets the new track at frame 4
+        clean.run(f[ok], g[ok], s[ok], clean_fresh)
+        bound = head_bound(params, f[ok], g[ok])
+        worst = np.maximum(worst, max(bound.fe_prob.max(), bound.au_prob.max()))
+    tol = np.broadcast_to(smoothed_bound(worst, spec.depth), clean.smoother.values.shape)
+    np.testing.assert_array_equal(numpy_head.smoother.counters, clean.smoother.counters)
+    # (BLAS may sum a different batch in another order: the same float32 bound, not bit equality)
+    assert_within("numpy smoothing state", numpy_head.smoother.values, clean.smoother.values, tol)
+    np.testing.assert_array_equal(kernel.counters.reshape(-1, 2), clean.smoother.counters)
+    assert_within("kernel smoothing state", kernel.state.reshape(clean.smoother.values.shape), clean.smoother.values,
+                  tol)

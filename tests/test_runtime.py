@@ -1,13 +1,18 @@
-"""Runtime backends on a real tiny_bundle bundle, the golden self-test, and TensorRT's cache/error paths."""
+"""Runtime backends on a real tiny_bundle bundle, the golden self-test, and TensorRT's cache/error paths.
+
+The TensorRT and CUDA decisions themselves are in tests/test_runtime_tensorrt.py (fake GPU)."""
 
 import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fleet_helpers import nan_on_real_faces, variant
 
 from edge.bundle import read_bundle
+from edge.config import load_config
 from edge.config.models import ModelConfig
+from edge.pipeline.model_runtime import ModelRuntime
 from edge.runtime.backend import BackendError
 from edge.runtime.engine_cache import EngineCache, EngineKey
 from edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
@@ -18,13 +23,26 @@ from edge.runtime.selftest import run_selftest
 SHA = "ab" * 32
 
 
+def cpu_runtime(bundle_dir: Path, bundle=None) -> ModelRuntime:
+    config = load_config(None, [f'model.bundle="{bundle_dir}"', 'model.backend="onnxruntime"', "model.threads=1"])
+    return ModelRuntime(bundle if bundle is not None else read_bundle(bundle_dir), config)
+
+
 def test_onnxruntime_backend_passes_selftest(tiny_bundle):
     bundle = read_bundle(tiny_bundle)
-    backend = OnnxRuntimeBackend(bundle, threads=1)
-    assert backend.role == "onnx_cpu"
-    result = run_selftest(bundle, backend)
+    runtime = cpu_runtime(tiny_bundle)
+    assert runtime.role == "onnx_cpu" and runtime.head_backend == "numpy"
+    result = run_selftest(bundle, runtime)
     assert result.passed, str(result)
-    assert result.faces == 4
+    assert result.faces == 4 and result.face_problem is None
+
+
+def test_selftest_refuses_a_model_that_fails_only_on_real_faces(tiny_bundle, tmp_path):
+    """Exact on its golden tensors, NaN on every camera face: the real-face step of the self-test catches it."""
+    broken = variant(tiny_bundle, tmp_path / "nan", build=5, replace=nan_on_real_faces(tiny_bundle))
+    result = run_selftest(read_bundle(broken), cpu_runtime(broken))
+    assert result.max_abs_error <= result.atol  # the golden part passes
+    assert not result.passed and "non-finite" in str(result)
 
 
 def test_selftest_fails_on_a_different_model(tiny_bundle, tmp_path):
@@ -41,7 +59,7 @@ def test_selftest_fails_on_a_different_model(tiny_bundle, tmp_path):
     weights = onnx.numpy_helper.to_array(gemm)
     gemm.CopyFrom(onnx.numpy_helper.from_array(weights[::-1].copy(), gemm.name))
     onnx.save(graph, str(backend.path))
-    result = run_selftest(bundle, OnnxRuntimeBackend(bundle, threads=1))
+    result = run_selftest(bundle, cpu_runtime(copy, bundle))  # the bundle as read before the graph changed
     assert not result.passed and "FAILED" in str(result)
 
 
@@ -95,7 +113,8 @@ def test_engine_cache_writes_atomically(tmp_path, monkeypatch):
         cache.store(key, b"engine-v2-partial")
     monkeypatch.undo()
     assert cache.load(key) == b"engine-v1"
-    assert sorted(p.name for p in (tmp_path / "engines").iterdir()) == [cache.engine_path(key).name]
+    assert sorted(p.name for p in (tmp_path / "engines").iterdir()) == [
+        cache.engine_path(key).name, cache.engine_path(key).with_suffix(".json").name]  # the key, spelled out
     with pytest.raises(ValueError, match="empty engine"):
         cache.store(key, b"")
 

@@ -11,11 +11,13 @@ from pathlib import Path, PurePosixPath
 import pytest
 
 from edge.cli.main import main
+from edge.kernels.build import cubin_name, find_nvcc
 from edge.service.install import (
     CONFIG,
     EXEC_LINK,
     JETSON_DROPIN,
     JETSON_UPDATE_DROPIN,
+    KERNEL_DIR,
     PACKAGED_FILES,
     InstallError,
     config_template,
@@ -143,10 +145,26 @@ def test_jetson_dropin_lists_the_device_nodes_present(tmp_path: Path) -> None:
         "/dev/nvhost-ctrl-gpu rw", "/dev/nvhost-gpu rw", "/dev/nvmap rw",
     ]
     assert "BindPaths=-/tmp/argus_socket" in dropin
+    # A restarted nvargus-daemon replaces the socket our mount shows: restart with it (issue 18).
+    assert {"Wants=nvargus-daemon.service", "After=nvargus-daemon.service",
+            "PartOf=nvargus-daemon.service"} <= set(dropin.splitlines())
     agent = on_target(root, JETSON_UPDATE_DROPIN).read_text()  # engine builds and self-tests need the GPU too
-    assert [line.split("=", 1)[1] for line in agent.splitlines() if line.startswith("DeviceAllow=")] == allowed
+    agent_allowed = [line.split("=", 1)[1] for line in agent.splitlines() if line.startswith("DeviceAllow=")]
+    assert agent_allowed == ["char-drm rw", *allowed]
     assert "PrivateDevices=no" in agent and "DevicePolicy=closed" in agent
+    kernel = next(a for a in report.actions if str(a.path).startswith(str(KERNEL_DIR)))
+    if find_nvcc() is not None:  # prebuilt at install for Orin, named after the kernel source
+        assert kernel.outcome == "written" and on_target(root, KERNEL_DIR / cubin_name("sm_87")).is_file()
+    else:
+        assert kernel.outcome == "skipped" and "NVRTC" in kernel.note
     assert not install(root, VENV_EXEC).changed
+
+
+def test_the_daemon_unit_allows_camera_media_nodes() -> None:
+    """/dev/media* (UVC and CSI media controllers) is device group "media", not video4linux (issue 18)."""
+    unit = packaged_unit("affect-sensor.service").decode()
+    allowed = [line.split("=", 1)[1] for line in unit.splitlines() if line.startswith("DeviceAllow=")]
+    assert allowed == ["char-video4linux rw", "char-media rw", "char-drm rw"]
 
 
 @pytest.mark.parametrize(

@@ -141,8 +141,15 @@ class Golden(Strict):
 
 
 class EngineTarget(Strict):
+    """What a prebuilt engine was built for. The device runtime uses an entry only when every field matches
+    it (edge/runtime/engine_cache.EngineKey); entries without the optional fields are ignored there."""
+
     tensorrt: str = Field(pattern=r"^\d+\.\d+(\.\d+)*$")
     compute_capability: str = Field(pattern=r"^\d+\.\d+$")
+    device_model: str | None = Field(default=None, pattern=r"^[a-z0-9-]+$", description="Jetson board slug")
+    l4t: str | None = Field(default=None, pattern=r"^\d+\.\d+\.\d+$")
+    max_batch: int | None = Field(default=None, ge=1)
+    precision: str | None = Field(default=None, pattern=r"^(strongly-typed|int8|int8\+fp16)$")
 
 
 class EngineEntry(Strict):

@@ -3,38 +3,76 @@
 URIs: "demo", "v4l2:/dev/videoN", "argus:N", "picamera2:N", "rtsp://..." (also rtsps/http),
 a video file, or a folder of images. Hardware this box may not have (Jetson CSI,
 Pi camera) fails at open with a SourceError saying what is missing.
+
+Every blocking call of a live source is bounded by the backend itself, because only the reading
+thread may release a capture (edge/capture/reader.py): streams get FFmpeg's open and read timeouts
+as open parameters, V4L2 cameras OpenCV's select() timeout. docs/capture.md has the measurements.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from edge.capture.frame import Frame, FrameSource, SourceError
+from edge.capture.frame import Frame, FrameSource, SourceError, SourceTimeout
 from edge.capture.gstreamer import argus_pipeline, opencv_has_gstreamer
+from edge.capture.rtsp import explain_rtsp_failure
 from edge.config.models import SourceConfig
 from edge.redact import redact_url
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm"})
+STREAM_SCHEMES = ("rtsp", "rtsps", "http", "https", "rtmp", "udp")
+# Opening a stream is an RTSP handshake plus FFmpeg probing the first packets for the codec: give it at
+# least this long (and never less than stall_timeout_s) before calling the camera hung.
+MIN_OPEN_TIMEOUT_S = 10.0
+# After a failed rtsp:// open, how long the DESCRIBE that names the reason may take (edge/capture/rtsp.py).
+DIAGNOSE_TIMEOUT_S = 3.0
+
+
+def open_timeout_s(config: SourceConfig) -> float:
+    return max(MIN_OPEN_TIMEOUT_S, config.stall_timeout_s)
 
 
 class OpenCVSource:
-    """cv2.VideoCapture on a device, stream, file or GStreamer pipeline."""
+    """cv2.VideoCapture on a device, stream, file or GStreamer pipeline.
 
-    def __init__(self, target: str | int, api: int, description: str, live: bool, config: SourceConfig) -> None:
+    `read_timeout_s` / `open_timeout_s` are the bounds the backend itself enforces (None where it has
+    none we can set); the capture thread's watchdog reads them. `diagnose` explains a failed open.
+    """
+
+    def __init__(self, target: str | int, api: int, description: str, live: bool, config: SourceConfig,
+                 timeouts: bool = False, diagnose: Callable[[], str] | None = None) -> None:
         self.target, self.api, self.description, self.live = target, api, description, live
         self.config = config
+        self.diagnose = diagnose
+        self.open_timeout_s: float | None = None
+        self.read_timeout_s: float | None = None
+        self._params: list[int] = []
+        if timeouts:  # FFmpeg only: other backends refuse to open when given parameters they do not know
+            self.open_timeout_s, self.read_timeout_s = open_timeout_s(config), config.stall_timeout_s
+            self._params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, round(self.open_timeout_s * 1000),
+                            cv2.CAP_PROP_READ_TIMEOUT_MSEC, round(self.read_timeout_s * 1000)]
+            if diagnose is not None:
+                self.open_timeout_s += DIAGNOSE_TIMEOUT_S
         self._cap: cv2.VideoCapture | None = None
         self._index = 0
 
     def open(self) -> None:
-        cap = cv2.VideoCapture(self.target, self.api)
+        if self.api == cv2.CAP_V4L2:
+            # OpenCV's V4L2 backend takes no timeout parameter; its select() waits this many seconds
+            # (default 10, read once per process) before a read of a silent camera fails.
+            os.environ.setdefault("OPENCV_VIDEOIO_V4L_SELECT_TIMEOUT", str(math.ceil(self.config.stall_timeout_s)))
+        cap = cv2.VideoCapture(self.target, self.api, self._params)
         if self.live:
             cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.config.width)
             cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.config.height)
@@ -42,16 +80,21 @@ class OpenCVSource:
             cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
         if not cap.isOpened():
             cap.release()
-            raise SourceError(f"cannot open {self.description}")
+            reason = self.diagnose() if self.diagnose is not None else ""
+            raise SourceError(f"cannot open {self.description}" + (f": {reason}" if reason else ""))
         self._cap, self._index = cap, 0
 
     def read(self) -> Frame | None:
         if self._cap is None:
             raise SourceError(f"{self.description} is not open")
+        started = time.monotonic()
         ok, image = self._cap.read()
         if not ok or image is None:
             if self.live:
-                raise SourceError(f"read failed on {self.description}")
+                waited = time.monotonic() - started
+                if self.read_timeout_s is not None and waited >= 0.9 * self.read_timeout_s:
+                    raise SourceTimeout(f"no frame from {self.description} for {waited:.1f} s (read timeout)")
+                raise SourceError(f"read failed on {self.description} (connection lost or stream ended)")
             if not self.config.loop or self._index == 0:
                 return None
             self._cap.set(cv2.CAP_PROP_POS_FRAMES, 0)
@@ -63,6 +106,7 @@ class OpenCVSource:
         return frame
 
     def close(self) -> None:
+        """Release the capture. Call it only from the thread that reads (edge/capture/reader.py says why)."""
         if self._cap is not None:
             self._cap.release()
             self._cap = None
@@ -199,8 +243,10 @@ def open_source(config: SourceConfig) -> FrameSource:
         return OpenCVSource(pipeline, cv2.CAP_GSTREAMER, f"Jetson CSI camera {sensor} (argus)", True, config)
     if uri.startswith("picamera2:") or uri == "picamera2":
         return Picamera2Source(_int_suffix(uri, "picamera2") if ":" in uri else 0, config)
-    if uri.split("://", 1)[0] in ("rtsp", "rtsps", "http", "https", "rtmp", "udp") and "://" in uri:
-        return OpenCVSource(uri, cv2.CAP_FFMPEG, f"stream {_redact(uri)}", True, config)
+    if uri.split("://", 1)[0].lower() in STREAM_SCHEMES and "://" in uri:
+        diagnose = partial(explain_rtsp_failure, uri, DIAGNOSE_TIMEOUT_S) if uri.lower().startswith("rtsp://") else None
+        return OpenCVSource(uri, cv2.CAP_FFMPEG, f"stream {_redact(uri)}", True, config, timeouts=True,
+                            diagnose=diagnose)
     path = Path(uri)
     if path.is_dir():
         return ImageFolderSource(path, loop=config.loop)

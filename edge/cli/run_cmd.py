@@ -31,4 +31,7 @@ def _run(args: argparse.Namespace) -> int:
         print(f"affect-sensor: error: {exc}", file=sys.stderr)
         return 2
     daemon.install_signal_handlers()
-    return daemon.run()
+    code = daemon.run()
+    if daemon.exit_message:
+        print(f"affect-sensor: error: {daemon.exit_message}", file=sys.stderr)
+    return code

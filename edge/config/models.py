@@ -100,6 +100,19 @@ class HeadConfig(Section):
     ema_alpha: float = Field(default=0.4, gt=0, le=1)
     window: int = Field(default=5, ge=1, le=300)
     max_tracks: int = Field(default=64, ge=1, le=4096)
+    backend: Literal["auto", "numpy", "cuda"] = Field(
+        default="auto", description="auto: the fused CUDA kernel on the TensorRT engine's buffers when it loads, "
+                                    "else NumPy; cuda: that kernel or an error; numpy: always NumPy")
+    kernel_dir: Path = Field(default=Path("/opt/affect-sensor/kernels"),
+                             description="prebuilt head cubins (python -m edge.kernels.build); else NVRTC compiles")
+
+
+class DaemonConfig(Section):
+    """The processing loop's own limits."""
+
+    max_consecutive_frame_errors: int = Field(
+        default=25, ge=1, le=100000,
+        description="frames in a row that may raise before the daemon exits non-zero for systemd to restart it")
 
 
 class TLSConfig(Section):
@@ -173,6 +186,13 @@ class UpdateConfig(Section):
     health_file: Path = Path("/run/affect-sensor/health.json")
     health_window_s: float = Field(default=20.0, ge=0)
     health_min_frames: int = Field(default=10, ge=0)
+    health_min_faces: int = Field(default=1, ge=1, description="faces the new model must infer in the window")
+    health_face_wait_s: float = Field(
+        default=60.0, ge=0, description="how long the window waits past its end for faces before it rolls back "
+                                        "as no_frames (transient: retried later), never passes without faces")
+    health_stale_s: float = Field(
+        default=30.0, gt=0, description="a live daemon's health report may be this old before it counts as "
+                                        "stopped (a loaded CPU delays it)")
     swap_timeout_s: float = Field(default=120.0, gt=0)
 
 
@@ -186,6 +206,7 @@ class SensorConfig(Section):
     sinks: SinksConfig = SinksConfig()
     stats: StatsConfig = StatsConfig()
     update: UpdateConfig = UpdateConfig()
+    daemon: DaemonConfig = DaemonConfig()
 
     @model_validator(mode="after")
     def _limits_agree(self) -> SensorConfig:
@@ -194,6 +215,10 @@ class SensorConfig(Section):
         if self.head.max_tracks < d.max_faces:
             raise ValueError(f"head.max_tracks ({self.head.max_tracks}) must be >= detection.max_faces "
                              f"({d.max_faces}): every face on screen needs a smoothing slot")
+        # Tracks the detector missed keep their slots for up to track_max_missed runs, so up to
+        # max_faces x (track_max_missed + 1) tracks may hold one. Past max_tracks the slot seen longest ago is
+        # reused (that track restarts its smoothing if it returns; stats: slot_evictions): only the faces of one
+        # frame must fit, which is the rule above. The daemon logs the product at start (pipeline/daemon.py).
         if d.min_face_px > min(self.source.width, self.source.height):
             raise ValueError(f"detection.min_face_px ({d.min_face_px}) is larger than the frame "
                              f"({self.source.width}x{self.source.height}): no face could pass")

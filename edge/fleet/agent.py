@@ -50,7 +50,6 @@ PAUSE_ENV = "AFFECT_SENSOR_AGENT_PAUSE"
 # Caused by the surroundings (network, camera, a stopped daemon), not by the bundle: retried later and never
 # remembered; every other refusal is final for that document.
 TRANSIENT = frozenset({"download_failed", "no_frames"})
-HEALTH_STALE_S = 5.0
 
 
 class UpdateFailed(Exception):
@@ -236,6 +235,7 @@ class UpdateAgent:
             self.report("active", doc)
             return
         staged: Path | None = None
+        refusal: tuple[str, str, bool] | None = None
         try:
             self._check_build(doc.bundle.build, current, doc)
             staged, bundle = self._fetch_and_verify(doc, current)
@@ -244,15 +244,17 @@ class UpdateAgent:
             staged = None
         except (UpdateFailed, DownloadError, ArchiveError) as exc:
             code = getattr(exc, "code", "internal_error")
-            self._refuse(doc, code, str(exc), "failed", remember=code not in TRANSIENT)
-            return
+            refusal = (code, str(exc), code not in TRANSIENT)
         except Exception as exc:  # never let a bug take the agent down with a half-done update
             log.exception("update failed")
-            self._refuse(doc, "internal_error", f"{type(exc).__name__}: {exc}", "failed", remember=False)
-            return
+            refusal = ("internal_error", f"{type(exc).__name__}: {exc}", False)
         finally:
-            if staged is not None:
+            if staged is not None:  # cleaned before the refusal is reported: whoever reads it sees no leftovers
                 shutil.rmtree(staged, ignore_errors=True)
+        if refusal is not None:
+            code, message, remember = refusal
+            self._refuse(doc, code, message, "failed", remember=remember)
+            return
         self.report("activating", doc)
         trial = Trial(candidate=final.name, previous=current.path.name if current else None,
                       document=document_id(doc))
@@ -333,10 +335,11 @@ class UpdateAgent:
         if backend == "tensorrt" or (backend == "auto" and importlib.util.find_spec("tensorrt") is not None):
             self.report("building_engine", doc)  # the engine is built (or found in the cache) here
         try:
-            load_processor(self.config, bundle, on_stage=lambda stage: self.report(stage, doc))
+            processor = load_processor(self.config, bundle, on_stage=lambda stage: self.report(stage, doc))
         except BundleLoadError as exc:
             code = {"backend": "engine_build_failed", "bundle": "bad_bundle"}.get(exc.stage, "selftest_failed")
             raise UpdateFailed(code, str(exc)) from None
+        processor.close()  # engine, GPU buffers and context go now, not whenever the collector runs
 
     def _refuse(self, doc: UpdateDesired, code: str, message: str, state: str, *, remember: bool) -> None:
         log.error("update to %s %s build %s %s: %s: %s", doc.bundle.name, doc.bundle.version, doc.bundle.build,
@@ -375,27 +378,30 @@ class UpdateAgent:
         self.report("rolled_back", doc, code, problem)
 
     def watch_health(self, candidate: Path) -> tuple[str, str] | None:
-        """None if the daemon runs `candidate` healthily for the window; else (reason code, what was wrong).
+        """None if the daemon runs `candidate` healthily for the window, faces included; else (reason, what).
 
-        `no_frames` (transient) when nothing judged the bundle: no daemon
-        reporting, or too few frames (camera away); `unhealthy` when the
-        daemon refused, left or misbehaved on it.
+        `no_frames` (transient: not remembered, retried later) when nothing
+        judged the bundle: no daemon reporting, too few frames (camera away),
+        or no face inferred within the window plus `health_face_wait_s` (an
+        empty room never passes a bundle); `unhealthy` when the daemon refused,
+        left, raised or gave non-finite outputs on it, or stopped reporting for
+        longer than `health_stale_s` (a loaded CPU only delays the report).
         """
         up = self.config.update
-        if up.health_window_s <= 0:
+        if up.health_window_s <= 0:  # documented opt-out: no health window at all
             return None
-        path = up.health_file
+        path, stale = up.health_file, up.health_stale_s
         deadline = time.monotonic() + up.swap_timeout_s
         first: HealthReport | None = None
         while first is None:  # phase 1: the daemon loads the candidate
             report = read_report(path)
             if report is not None and report.swap_error_dir == str(candidate):
                 return "unhealthy", f"the daemon refused the bundle: {report.swap_error}"
-            if report is not None and report.bundle_dir == str(candidate) and report.age_s() < HEALTH_STALE_S:
+            if report is not None and report.bundle_dir == str(candidate) and report.age_s() < stale:
                 first = report
                 break
             if time.monotonic() > deadline:
-                if report is None or report.age_s() >= HEALTH_STALE_S or not process_alive(report.pid):
+                if report is None or report.age_s() >= stale or not process_alive(report.pid):
                     return "no_frames", (f"no current health report from the daemon within {up.swap_timeout_s:g} s "
                                          f"({'none' if report is None else 'last one stale'}); is the daemon running?")
                 return "unhealthy", (f"the daemon did not start running the bundle within "
@@ -403,24 +409,37 @@ class UpdateAgent:
             time.sleep(0.1)
         end = time.monotonic() + up.health_window_s
         last = first
-        while time.monotonic() < end:  # phase 2: it keeps processing, with valid outputs
+        while True:  # phase 2: it keeps processing, with valid outputs, and infers faces
             time.sleep(0.1)
             report = read_report(path)
             if report is None or report.pid != first.pid or not process_alive(first.pid):
                 return "unhealthy", "the daemon stopped or restarted during the health window"
-            if report.age_s() > HEALTH_STALE_S:
-                return "unhealthy", f"the daemon stopped reporting (last report {report.age_s():.1f} s ago)"
+            if report.age_s() > stale:
+                return "unhealthy", (f"the daemon stopped reporting (last report {report.age_s():.1f} s ago, "
+                                     f"update.health_stale_s {stale:g})")
             if report.bundle_dir != str(candidate):
                 return "unhealthy", f"the daemon left the bundle (now runs {report.bundle_dir})"
             if report.invalid_outputs > first.invalid_outputs:
                 return "unhealthy", (f"{report.invalid_outputs - first.invalid_outputs} faces got non-finite "
                                      "outputs on the new bundle")
+            if report.frame_errors > first.frame_errors:
+                return "unhealthy", f"{report.frame_errors - first.frame_errors} frames raised on the new bundle"
             last = report
-        frames = last.frames - first.frames
-        if frames < up.health_min_frames:
-            return "no_frames", (f"only {frames} frames processed in the {up.health_window_s:.0f} s health window "
-                                 f"(need {up.health_min_frames}); is the camera connected?")
-        return None
+            now = time.monotonic()
+            if now < end:
+                continue
+            frames = last.frames - first.frames
+            if frames < up.health_min_frames:
+                return "no_frames", (f"only {frames} frames processed in the {up.health_window_s:.0f} s health "
+                                     f"window (need {up.health_min_frames}); is the camera connected?")
+            faces = last.faces_inferred - first.faces_inferred
+            if faces >= up.health_min_faces:
+                return None
+            if now >= end + up.health_face_wait_s:
+                return "no_frames", (f"{faces} faces inferred on the new bundle in "
+                                     f"{up.health_window_s + up.health_face_wait_s:.0f} s (need "
+                                     f"{up.health_min_faces}); it was not judged, so it is rolled back and "
+                                     "tried again later")
 
 
 def _iso(ts_ms: int) -> str:

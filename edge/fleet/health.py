@@ -28,7 +28,9 @@ class HealthReport(BaseModel):
     bundle_dir: str = Field(description="resolved directory of the bundle being run")
     build: int
     frames: int = Field(ge=0, description="frames processed since start")
+    faces_inferred: int = Field(default=0, ge=0, description="faces the model gave valid outputs for since start")
     invalid_outputs: int = Field(ge=0, description="faces whose outputs were not finite probabilities")
+    frame_errors: int = Field(default=0, ge=0, description="frames that raised and were skipped since start")
     swap_error: str | None = Field(default=None, description="why the last swap was refused")
     swap_error_dir: str | None = None
     last_swap_gap_ms: float | None = Field(default=None, description="longest pause between frames at the last swap")

@@ -1,13 +1,16 @@
 """The complete head step on the CPU (math + smoothing + thresholds) and the backend choice.
 
-Every backend offers `run(f, g, slots, fresh) -> HeadBatch` on host arrays; the
-CUDA launchers also offer `launch(...)` on device pointers for the engine path.
+Every runner offers `run(f, g, slots, fresh) -> HeadBatch` on host arrays and
+its smoothing state in the common layout (`state` / `load_state`, so a hot swap
+can carry it across); the CUDA runner also offers `launch(...)` on the engine's
+device pointers (edge/kernels/launcher.py).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
@@ -15,7 +18,10 @@ from edge.head.params import HeadParams
 from edge.head.reference import head_forward
 from edge.head.smoothing import SmoothingSpec, TrackSmoother
 
-Backend = Literal["auto", "numpy", "pycuda", "cupy"]
+if TYPE_CHECKING:
+    from edge.runtime.cuda_session import CudaSession
+
+Backend = Literal["auto", "numpy", "cuda"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,12 @@ class HeadRunner(Protocol):
     backend: str
 
     def run(self, f: np.ndarray, g: np.ndarray, slots: np.ndarray, fresh: np.ndarray) -> HeadBatch: ...
+
+    def state(self) -> tuple[np.ndarray, np.ndarray]: ...
+
+    def load_state(self, values: np.ndarray, counters: np.ndarray) -> None: ...
+
+    def close(self) -> None: ...
 
 
 def finish(params: HeadParams, fe_prob: np.ndarray, au_prob: np.ndarray) -> HeadBatch:
@@ -60,6 +72,15 @@ class NumpyHead:
         e = self.params.n_fe
         return finish(self.params, smoothed[:, :e], smoothed[:, e:])
 
+    def state(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.smoother.state()
+
+    def load_state(self, values: np.ndarray, counters: np.ndarray) -> None:
+        self.smoother.load_state(values, counters)
+
+    def close(self) -> None:
+        """Nothing to free (host memory); present so every runner closes the same way."""
+
 
 @dataclass(frozen=True)
 class HeadSelection:
@@ -68,25 +89,30 @@ class HeadSelection:
     skipped: dict[str, str] = field(default_factory=dict)  # backend -> why it was not used
 
 
-def select_head(params: HeadParams, spec: SmoothingSpec, backend: Backend = "auto") -> HeadSelection:
-    """The fused CUDA kernel where pycuda or CuPy and a GPU work, else NumPy.
-
-    An explicitly requested CUDA backend that cannot run raises `CudaUnavailableError`;
-    "auto" records why each CUDA backend was skipped and falls back to NumPy.
+def select_head(params: HeadParams, spec: SmoothingSpec, backend: Backend = "auto",
+                session: CudaSession | None = None, kernel_dir: Path | None = None) -> HeadSelection:
+    """`head.backend`: "numpy", "cuda" (the fused kernel on `session`, or an error saying why not), or
+    "auto": the fused kernel where the engine's outputs are on the device (a session is given) and the
+    kernel loads, else NumPy, with the reason in `skipped`. Any failure to compile, load or initialise
+    the kernel counts as "cannot run" in auto: a Jetson must never stop for want of the faster head.
     """
-    from edge.kernels.launcher import CudaUnavailableError, CupyHead, PycudaHead
+    from edge.runtime.cuda_binding import CudaUnavailableError
 
     if backend == "numpy":
         return HeadSelection(NumpyHead(params, spec), "numpy")
-    candidates = {"pycuda": PycudaHead, "cupy": CupyHead}
-    if backend in candidates:
-        return HeadSelection(candidates[backend](params, spec), backend)
-    if backend != "auto":
-        raise ValueError(f"unknown head backend {backend!r}; choose auto, numpy, pycuda or cupy")
-    skipped: dict[str, str] = {}
-    for name, cls in candidates.items():
-        try:
-            return HeadSelection(cls(params, spec), name, skipped)
-        except CudaUnavailableError as exc:
-            skipped[name] = str(exc)
-    return HeadSelection(NumpyHead(params, spec), "numpy", skipped)
+    if backend not in ("auto", "cuda"):
+        raise ValueError(f"unknown head backend {backend!r}; choose auto, numpy or cuda")
+    if session is None:
+        why = ("the model backend keeps features on the host (onnxruntime); the fused head reads the TensorRT "
+               "engine's device buffers")
+        if backend == "cuda":
+            raise CudaUnavailableError(f'head.backend = "cuda" cannot run: {why}')
+        return HeadSelection(NumpyHead(params, spec), "numpy", {"cuda": why})
+    from edge.kernels.launcher import CudaHead
+
+    try:
+        return HeadSelection(CudaHead(params, spec, session, kernel_dir=kernel_dir), "cuda")
+    except Exception as exc:
+        if backend == "cuda":
+            raise CudaUnavailableError(f'head.backend = "cuda" cannot run: {exc}') from None
+        return HeadSelection(NumpyHead(params, spec), "numpy", {"cuda": f"{type(exc).__name__}: {exc}"})

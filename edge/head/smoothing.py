@@ -4,11 +4,17 @@ State lives in per-slot arrays, not per-track objects, because on a GPU it sits
 in device memory indexed by slot; the NumPy smoother uses the identical layout
 so the two can be compared value by value. `TrackSlots` maps tracker ids to
 slots and says when a slot starts fresh, so freeing a slot needs no device write.
+
+A row that is not finite (a NaN or inf from a broken backend) never enters the
+state: it is passed through, so the caller drops that face for that frame, and
+the track's smoothing continues from its last good frame (the CUDA kernel does
+the same, tests/test_kernel_emulated.py).
 """
 
 from __future__ import annotations
 
 import heapq
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Literal
 
@@ -20,7 +26,8 @@ NO_SLOT = -1  # a face without a track: passed through unsmoothed
 
 
 class SlotsExhaustedError(RuntimeError):
-    """More simultaneous tracks than smoothing slots (raise `head.max_tracks`)."""
+    """One batch holds more faces than there are smoothing slots (config validation keeps
+    `head.max_tracks >= detection.max_faces`, so the daemon never sees it)."""
 
 
 @dataclass(frozen=True)
@@ -88,11 +95,14 @@ class TrackSmoother:
         out = p.copy()
         if self.spec.mode == "none":
             return out
+        finite = np.isfinite(p).all(axis=1)
         for i, slot in enumerate(slots):
             if slot == NO_SLOT:
                 continue
             if fresh[i]:
                 self.counters[slot] = 0
+            if not finite[i]:  # passed through unsmoothed; the slot keeps its last good state
+                continue
             if self.spec.mode == "ema":
                 out[i] = self._ema(slot, p[i])
             else:
@@ -108,6 +118,18 @@ class TrackSmoother:
             self.values[slot, 0] = a * p + (np.float32(1) - a) * self.values[slot, 0]
         return self.values[slot, 0]
 
+    def state(self) -> tuple[np.ndarray, np.ndarray]:
+        """Copies of (values, counters), the layout the CUDA kernel keeps on the device."""
+        return self.values.copy(), self.counters.copy()
+
+    def load_state(self, values: np.ndarray, counters: np.ndarray) -> None:
+        """Take over another smoother's state (a hot swap with the same label space and layout)."""
+        if values.shape != self.values.shape or counters.shape != self.counters.shape:
+            raise ValueError(f"smoothing state of shape {values.shape}/{counters.shape} does not fit "
+                             f"{self.values.shape}/{self.counters.shape}")
+        self.values[...] = values
+        self.counters[...] = counters
+
     def _window(self, slot: int, p: np.ndarray) -> np.ndarray:
         fill, head = (int(v) for v in self.counters[slot])
         self.values[slot, head] = p
@@ -117,35 +139,56 @@ class TrackSmoother:
 
 
 class TrackSlots:
-    """Tracker id -> smoothing slot. The lowest free slot is reused first; new tracks start fresh."""
+    """Tracker id -> smoothing slot. The lowest free slot is reused first; new tracks start fresh.
+
+    A track keeps its slot while the tracker keeps it alive, also on frames it is
+    not fed to the model (missed by the detector). When every slot is held, the
+    track seen longest ago that is not in this batch gives its slot up: if it
+    returns it starts fresh, which costs its smoothing history, never the frame.
+    """
 
     def __init__(self, max_tracks: int) -> None:
         self.max_tracks = max_tracks
-        self._slot_of: dict[int, int] = {}
+        self._slot_of: OrderedDict[int, int] = OrderedDict()  # least recently assigned first
         self._free = list(range(max_tracks))  # a heap
+        self.evictions = 0
 
     def assign(self, track_ids: list[int] | tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
         """Slots and fresh flags for one batch of faces (one track id per face)."""
         if len(set(track_ids)) != len(track_ids):
             raise ValueError(f"a track id appears twice in one batch: {list(track_ids)}")
+        if len(track_ids) > self.max_tracks:
+            raise SlotsExhaustedError(
+                f"{len(track_ids)} faces in one batch but only {self.max_tracks} smoothing slots; raise head.max_tracks"
+            )
+        batch = set(track_ids)
         slots = np.empty(len(track_ids), dtype=np.int32)
         fresh = np.zeros(len(track_ids), dtype=bool)
         for i, tid in enumerate(track_ids):
             if tid not in self._slot_of:
                 if not self._free:
-                    raise SlotsExhaustedError(
-                        f"all {self.max_tracks} smoothing slots are in use; raise head.max_tracks"
-                    )
+                    self._evict(batch)
                 self._slot_of[tid] = heapq.heappop(self._free)
                 fresh[i] = True
+            self._slot_of.move_to_end(tid)
             slots[i] = self._slot_of[tid]
         return slots, fresh
+
+    def _evict(self, keep: set[int]) -> None:
+        oldest = next(tid for tid in self._slot_of if tid not in keep)  # exists: len(batch) <= max_tracks
+        heapq.heappush(self._free, self._slot_of.pop(oldest))
+        self.evictions += 1
 
     def release(self, track_id: int) -> None:
         """The track disappeared: its slot is free and the next track in it starts fresh."""
         slot = self._slot_of.pop(track_id, None)
         if slot is not None:
             heapq.heappush(self._free, slot)
+
+    def clear(self) -> None:
+        """Forget every assignment: each live track starts fresh on its next frame (new smoothing layout)."""
+        self._slot_of.clear()
+        self._free = list(range(self.max_tracks))
 
     @property
     def active(self) -> dict[int, int]:

@@ -1,13 +1,16 @@
 """Offline nvcc build of ssm_head.cu into a cubin per GPU architecture.
 
-Used by the compile test (sm_87 Orin, sm_90) and on a Jetson image build, where
-a prebuilt cubin spares the device a runtime compile:
-`python -m edge.kernels.build --arch sm_87 --out /opt/affect-sensor/kernels`.
+Used by the compile test (sm_87 Orin, sm_90) and at install time on a Jetson,
+where a prebuilt cubin spares each start an NVRTC compile:
+`python -m edge.kernels.build --arch sm_87 --out /opt/affect-sensor/kernels` (docs/jetson.md).
+The file name carries a hash of the kernel source, so a cubin left from an older
+release is never loaded against a newer launcher (`head.kernel_dir` lookup).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import re
 import shutil
@@ -34,6 +37,12 @@ class BuildResult:
     log: str
 
 
+def cubin_name(arch: str, source: Path = KERNEL_SOURCE) -> str:
+    """`ssm_head.<first 12 hex of the source's sha256>.<arch>.cubin`: valid only for this exact source."""
+    digest = hashlib.sha256(source.read_bytes()).hexdigest()[:12]
+    return f"{source.stem}.{digest}.{arch}.cubin"
+
+
 def find_nvcc() -> str | None:
     found = shutil.which("nvcc")
     if found:
@@ -52,7 +61,7 @@ def build_cubin(arch: str, out_dir: Path, source: Path = KERNEL_SOURCE, timeout_
     if nvcc is None:
         raise KernelBuildError("nvcc not found on PATH, in $CUDA_HOME/bin or /usr/local/cuda/bin")
     out_dir.mkdir(parents=True, exist_ok=True)
-    target = out_dir / f"{source.stem}.{arch}.cubin"
+    target = out_dir / cubin_name(arch, source)
     with tempfile.TemporaryDirectory(dir=out_dir, prefix=".build-") as tmp:
         partial = Path(tmp) / target.name
         cmd = [

@@ -1,6 +1,6 @@
 """Host-side layout of the fused kernel's inputs: packed parameters, shared memory, arguments.
 
-Pure NumPy, no CUDA: the launchers (pycuda, CuPy) share it, and it is the one
+Pure NumPy, no CUDA: the launcher (cuda-python) and the test emulator use it, and it is the one
 place that must agree with the offsets in ssm_head.cu (the GPU parity test checks
 that they do).
 """

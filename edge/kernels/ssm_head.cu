@@ -36,6 +36,9 @@ __device__ __forceinline__ float warp_max(float v) {
     return v;
 }
 
+// NaN and +-inf fail the comparison; written out so no math header or fast-math flag can change it.
+__device__ __forceinline__ bool is_finite(float x) { return fabsf(x) <= 3.402823466e38f; }
+
 __device__ __forceinline__ float stable_sigmoid(float z) {
     const float e = expf(-fabsf(z));
     return z >= 0.f ? 1.f / (1.f + e) : e / (1.f + e);
@@ -164,6 +167,9 @@ __device__ void ssm_head(const T* __restrict__ f, const T* __restrict__ g, const
     __syncthreads();
 
     // 5. Per-track smoothing; state in device memory indexed by slot (slot < 0: no track).
+    //    A row that is not finite never enters the state (docs/head.md): it is passed through, the host
+    //    drops that face for this frame, and the track continues from its last good frame. A fresh slot
+    //    still restarts, so the next frame of a new track never blends with the slot's previous owner.
     const int slot = slots[face];
     if (mode != SMOOTH_NONE && slot >= 0 && slot < max_tracks) {  // uniform per block
         int* ctr = counters + 2 * slot;
@@ -173,25 +179,32 @@ __device__ void ssm_head(const T* __restrict__ f, const T* __restrict__ g, const
         const int fill = restart ? 0 : ctr[0];
         const int head = restart ? 0 : ctr[1];
         const int n = min(fill + 1, depth);
-        for (int c = tid; c < C; c += blockDim.x) {
-            float* pc = c < E ? p_fe + c : p_au + (c - E);
-            const float p = *pc;
-            float s;
-            if (mode == SMOOTH_EMA) {
-                s = fill == 0 ? p : alpha * p + (1.f - alpha) * values[c];
-                values[c] = s;
-            } else {
-                values[(long long)head * C + c] = p;
-                float sum = 0.f;
-                for (int k = 0; k < n; ++k) sum += values[(long long)k * C + c];
-                s = sum / (float)n;
+        bool finite = true;  // every thread scans the C values in shared memory: uniform, no reduction
+        for (int c = 0; c < C; ++c) finite = finite && is_finite(c < E ? p_fe[c] : p_au[c - E]);
+        if (finite) {
+            for (int c = tid; c < C; c += blockDim.x) {
+                float* pc = c < E ? p_fe + c : p_au + (c - E);
+                const float p = *pc;
+                float s;
+                if (mode == SMOOTH_EMA) {
+                    s = fill == 0 ? p : alpha * p + (1.f - alpha) * values[c];
+                    values[c] = s;
+                } else {
+                    values[(long long)head * C + c] = p;
+                    float sum = 0.f;
+                    for (int k = 0; k < n; ++k) sum += values[(long long)k * C + c];
+                    s = sum / (float)n;
+                }
+                *pc = s;
             }
-            *pc = s;
         }
         __syncthreads();  // every thread has read the counters before thread 0 moves them
-        if (tid == 0) {
+        if (tid == 0 && finite) {
             ctr[0] = mode == SMOOTH_EMA ? 1 : n;
             ctr[1] = mode == SMOOTH_EMA ? 0 : (head + 1) % depth;
+        } else if (tid == 0 && restart) {
+            ctr[0] = 0;
+            ctr[1] = 0;
         }
     }
     __syncthreads();

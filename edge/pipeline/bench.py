@@ -32,7 +32,7 @@ from edge.publish.payloads import ExpressionEvents, ResultRecord
 
 # Packages whose versions label every figure (those installed; absent ones are left out).
 LIBRARIES = ("affect-sensor", "numpy", "onnxruntime", "onnxruntime-gpu", "opencv-python-headless", "opencv-python",
-             "pydantic", "paho-mqtt", "tensorrt", "pycuda", "torch", "onnx", "ai-edge-litert")
+             "pydantic", "paho-mqtt", "tensorrt", "cuda-python", "torch", "onnx", "ai-edge-litert")
 # CPU features that decide how fast INT8 and FP32 kernels can be.
 ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "asimddp", "i8mm")
 

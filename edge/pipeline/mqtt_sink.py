@@ -45,6 +45,8 @@ class MqttSink:
             self.device, snapshot["uptime_s"], snapshot["capture_fps"], snapshot["processed_fps"],
             snapshot["frames_dropped"], snapshot["faces"], latency, snapshot["temperature_c"],
             self.publisher.stats(), snapshot["cpu_percent"], snapshot["rss_mb"], snapshot["reconnects"], bundle,
+            frame_errors=snapshot.get("frame_errors"), invalid_outputs=snapshot.get("invalid_outputs"),
+            slot_evictions=snapshot.get("slot_evictions"), jetson=snapshot.get("jetson"),
         ))
 
     def close(self) -> None:

@@ -279,6 +279,17 @@ class MqttStats(Payload):
     last_error: str | None = None
 
 
+class JetsonStats(Payload):
+    """What `tegrastats` reports on a Jetson (edge/pipeline/jetson_stats.py); absent fields were not readable."""
+
+    gpu_load_percent: float | None = Field(default=None, ge=0, le=100)
+    gpu_freq_mhz: float | None = Field(default=None, ge=0)
+    ram_used_mb: float | None = Field(default=None, ge=0)
+    ram_total_mb: float | None = Field(default=None, ge=0)
+    temperatures_c: dict[str, float] = Field(default_factory=dict, description="per thermal sensor, e.g. gpu, tj")
+    power_mw: dict[str, float] = Field(default_factory=dict, description="current draw per rail, e.g. VDD_IN")
+
+
 class StatsPayload(Stamped):
     device: str = Field(min_length=1)
     uptime_s: float = Field(ge=0)
@@ -291,21 +302,28 @@ class StatsPayload(Stamped):
     cpu_percent: float | None = Field(default=None, ge=0, description="process CPU, 100 = one core")
     rss_mb: float | None = Field(default=None, ge=0, description="resident memory of the daemon")
     reconnects: int | None = Field(default=None, ge=0, description="camera reconnects since start")
+    frame_errors: int | None = Field(default=None, ge=0, description="frames that raised and were skipped")
+    invalid_outputs: int | None = Field(default=None, ge=0, description="faces dropped for non-finite outputs")
+    slot_evictions: int | None = Field(default=None, ge=0,
+                                       description="tracks that lost their smoothing slot to a newer track")
     bundle: BundleRef | None = None
     mqtt: MqttStats | None = None
+    jetson: JetsonStats | None = Field(default=None, description="tegrastats figures; absent off a Jetson")
 
 
 def stats_payload(
     device: str, uptime_s: float, capture_fps: float, processed_fps: float, frames_dropped: int, faces: int,
     latency_ms: Mapping[str, LatencyStats], temperature_c: float | None = None, mqtt: MqttStats | None = None,
     cpu_percent: float | None = None, rss_mb: float | None = None, reconnects: int | None = None,
-    bundle: BundleRef | None = None,
+    bundle: BundleRef | None = None, frame_errors: int | None = None, invalid_outputs: int | None = None,
+    slot_evictions: int | None = None, jetson: JetsonStats | None = None,
 ) -> StatsPayload:
     return StatsPayload(
         **stamp(), device=device, uptime_s=round(uptime_s, 3), capture_fps=round(capture_fps, 3),
         processed_fps=round(processed_fps, 3), frames_dropped=frames_dropped, faces=faces,
         latency_ms=dict(latency_ms), temperature_c=temperature_c, mqtt=mqtt, cpu_percent=cpu_percent,
-        rss_mb=rss_mb, reconnects=reconnects, bundle=bundle,
+        rss_mb=rss_mb, reconnects=reconnects, bundle=bundle, frame_errors=frame_errors,
+        invalid_outputs=invalid_outputs, slot_evictions=slot_evictions, jetson=jetson,
     )
 
 

@@ -41,6 +41,9 @@ class OnnxRuntimeBackend:
         f, g = self.session.run(["f", "g"], {self.input_name: images.astype(np.float32, copy=False)})
         return Features(f, g)
 
+    def close(self) -> None:
+        self.session = None  # onnxruntime frees the session (and its thread pool) with the last reference
+
     def describe(self) -> str:
         providers = ",".join(self.session.get_providers())
         spin = "spinning" if self.spin_wait else "no spinning"

@@ -11,7 +11,10 @@ replaced (local changes belong in drop-ins), and an edited config is never
 overwritten: the new template is written beside it as `sensor.toml.new`.
 Ownership is not changed here (the installer may run in an image build as a
 user that cannot chown); tmpfiles.d applies it, and the printed next steps say
-how.
+how. On a Jetson the fused head kernel is also prebuilt for Orin (sm_87) into
+`/opt/affect-sensor/kernels` with JetPack's nvcc when it is installed (it need
+not be on PATH); without it the daemon compiles the kernel in-process with
+NVRTC at start, so neither case needs nvcc on the service's PATH.
 """
 
 from __future__ import annotations
@@ -47,6 +50,8 @@ CONFIG_DIR_MODE = 0o750
 HIDDEN_BY_PROTECT_HOME = (PurePosixPath("/home"), PurePosixPath("/root"), PurePosixPath("/run/user"))
 # Jetson GPU/host1x nodes, relative to /dev. DeviceAllow= paths take no wildcards, so they are expanded here.
 JETSON_NODE_GLOBS = ("nvmap", "nvhost-*", "host1x-fence", "nvgpu/**/*")
+KERNEL_DIR = PurePosixPath("/opt/affect-sensor/kernels")  # head.kernel_dir's default
+JETSON_ARCH = "sm_87"  # every Jetson JetPack 6 supports (Orin Nano, NX, AGX)
 
 
 class InstallError(ValueError):
@@ -56,7 +61,7 @@ class InstallError(ValueError):
 @dataclass(frozen=True)
 class Action:
     path: PurePosixPath  # as on the target system
-    outcome: str  # "written", "unchanged", "replaced", "mode fixed", "kept (edited)", "linked"
+    outcome: str  # "written", "unchanged", "replaced", "mode fixed", "kept (edited)", "linked", "skipped"
     note: str = ""
 
 
@@ -69,7 +74,7 @@ class InstallReport:
 
     @property
     def changed(self) -> bool:
-        return any(a.outcome != "unchanged" for a in self.actions)
+        return any(a.outcome not in ("unchanged", "skipped") for a in self.actions)
 
 
 def packaged_unit(name: str) -> bytes:
@@ -104,6 +109,8 @@ def install(root: Path, exec_path: PurePosixPath, *, jetson: bool | None = None)
         actions.append(_install_file(root, JETSON_UPDATE_DROPIN, update_agent_dropin(dropin).encode(), 0o644,
                                      replace=True))
     actions.extend(_install_config(root))
+    if is_jetson:
+        actions.append(_install_kernel(root))
     if exec_path != EXEC_LINK:
         actions.append(_link_exec(root, exec_path))
     return InstallReport(root, tuple(actions), is_jetson, tuple(next_steps(root)))
@@ -141,12 +148,18 @@ def jetson_dropin(root: Path) -> str:
         "# after a JetPack upgrade. Do not edit: add your own drop-in next to this one.",
         "",
         "[Unit]",
-        "# CSI cameras are served by nvargus-daemon; start after it so its socket exists.",
+        "# CSI cameras are served by nvargus-daemon: start it with us and after it, so its socket exists.",
+        "Wants=nvargus-daemon.service",
         "After=nvargus-daemon.service",
+        "# The socket below is bind-mounted at our start; a restarted nvargus-daemon makes a new one the old",
+        "# mount no longer shows, so restart (and stop) together with it.",
+        "PartOf=nvargus-daemon.service",
         "",
         "[Service]",
         "# The argus socket lives in the host /tmp; show it inside PrivateTmp= ('-': fine when absent).",
         "BindPaths=-/tmp/argus_socket",
+        "# Where cuda-python looks for JetPack's CUDA libraries (NVRTC for the head kernel).",
+        "Environment=CUDA_HOME=/usr/local/cuda",
     ]
     comments = {
         "nvmap": "# nvmap: the Tegra memory allocator CUDA and TensorRT allocate through.",
@@ -178,8 +191,29 @@ def update_agent_dropin(daemon_dropin: str) -> str:
         "DevicePolicy=closed",
         "# CUDA and TensorRT need writable-and-executable pages.",
         "MemoryDenyWriteExecute=no",
+        "# Render nodes /dev/dri/renderD* (JetPack 6 nvidia-drm), as the daemon's unit allows.",
+        "DeviceAllow=char-drm rw",
+        "Environment=CUDA_HOME=/usr/local/cuda",
         *nodes,
     ]) + "\n"
+
+
+def _install_kernel(root: Path) -> Action:
+    """The head kernel prebuilt for Orin with JetPack's nvcc, or a note that NVRTC will compile it at start."""
+    from edge.kernels.build import KernelBuildError, build_cubin, cubin_name, find_nvcc
+
+    target = KERNEL_DIR / cubin_name(JETSON_ARCH)
+    path = on_target(root, target)
+    if path.is_file():
+        return Action(target, "unchanged")
+    if find_nvcc() is None:
+        return Action(target, "skipped", "nvcc not found (install cuda-nvcc); the daemon compiles it with NVRTC")
+    try:
+        build_cubin(JETSON_ARCH, path.parent)
+    except KernelBuildError as exc:
+        first = str(exc).splitlines()[0]
+        return Action(target, "skipped", f"{first}; the daemon compiles it with NVRTC at start")
+    return Action(target, "written", f"fused head kernel for {JETSON_ARCH}")
 
 
 def _install_file(root: Path, target: PurePosixPath, data: bytes, mode: int, *, replace: bool) -> Action:

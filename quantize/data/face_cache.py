@@ -1,12 +1,14 @@
 """Aligned face crops of labelled images, computed once and cached: detector + five-point alignment, as on the device.
 
-Each image goes through the device's own detector (`edge.detection`) and aligner (`edge.alignment`), so training
-crops have the geometry, landmark noise and failure modes the model meets in the field. Crops are stored grey,
-with a margin of context around the model's input (`CropGeometry`) so that training-time warps (rotation,
-anisotropic scale, pose) have real pixels to pull in instead of replicated borders; the model's input is the
-centre. Tight face crops (FER2013) get a border before detection, as `affect-sensor analyze --face-crops` does;
-the few whose face is still not found are placed by the median image-to-template transform of their dataset
-(`aligned_by = "median"`), which fits a dataset of centred crops well.
+Each image goes through the device's own detector (`edge.detection`; by default the pass of the device's scan that
+finds faces filling much of a frame, the short-range model on the whole frame, which is what these photos are) and
+aligner (`edge.alignment`), so training crops have the geometry, landmark noise and failure modes the model meets
+in the field. Crops are stored grey, with a margin of context around the model's input (`CropGeometry`) so that
+training-time warps (rotation, anisotropic scale, pose) have real pixels to pull in instead of replicated borders;
+the model's input is the centre. Tight face crops (FER2013) are detected and aligned on their bordered frame,
+exactly as `affect-sensor analyze --face-crops` runs them (`edge.analysis.face_crops`); the few whose face is still
+not found are placed by the median frame-to-template transform of their dataset (`aligned_by = "median"`), which
+fits a dataset of centred crops well.
 """
 
 from __future__ import annotations
@@ -138,7 +140,7 @@ def build_face_cache(items: Sequence[LabelledImage], geometry: CropGeometry = Cr
     Two passes over the images (the median placement needs every detection first; keeping the frames would not
     fit in memory). Items that are not tight crops and show no face are dropped (counted), never guessed.
     """
-    if detector is None:
+    if detector is None:  # the device scan's near pass: whole frame, short-range model (edge/detection/scan.py)
         from edge.detection import BlazeFaceDetector
 
         detector = BlazeFaceDetector()

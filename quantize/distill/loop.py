@@ -66,6 +66,7 @@ class DistillSettings(BaseModel):
     # validation face weighs the same, for real-face data where photos are the bulk).
     fe_bias_photo_weight: float | None = Field(default=0.5, ge=0, le=1)
     progress: bool = True
+    threads: int | None = Field(default=None, ge=1)  # PyTorch threads (None: its default); see TrainSettings
 
 
 @dataclass
@@ -217,6 +218,8 @@ def distill(teacher: SSMTeacher, train: FaceArrays, settings: DistillSettings, o
     """Run (or resume) both phases; returns the student in fake-quant mode when qat_steps > 0."""
     weights = weights if weights is not None else DistillWeights()
     out.mkdir(parents=True, exist_ok=True)
+    if settings.threads:
+        torch.set_num_threads(settings.threads)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
