@@ -51,6 +51,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--out", type=Path, default=None, help="bundle output (default: edge/models/default)")
     r.add_argument("--threads", type=int, default=None,
                    help="PyTorch threads (default: all cores; on a shared machine, one per free core)")
+    r.add_argument("--scale", type=float, default=1.0,
+                   help="multiply the steps of every phase (teacher, FP32, QAT) by this, for a shorter run on a "
+                        "small machine (docs/recipe.md says which scale built the shipped bundle)")
     r.add_argument("--no-progress", action="store_true")
     r.set_defaults(func=_recipe)
 
@@ -269,9 +272,15 @@ def _recipe(args: argparse.Namespace) -> int:
     out = args.out or DEFAULT_BUNDLE_DIR
     teacher_run, distill_run = args.work / "teacher", args.work / "distill"
     started = time.monotonic()
-    settings = DistillSettings(**RECIPE_STUDENT, progress=not args.no_progress, threads=args.threads)
+    if not 0 < args.scale <= 1:
+        raise CLIError(f"--scale {args.scale}: must be in (0, 1]")
+    steps = {k: max(1, round(RECIPE_STUDENT[k] * args.scale)) for k in ("fp32_steps", "qat_steps")}
+    settings = DistillSettings(**{**RECIPE_STUDENT, **steps}, progress=not args.no_progress, threads=args.threads)
     check_resumable(distill_run, settings)  # fail fast
-    cmd = [sys.executable, "-m", "quantize.cli", "teacher", "train", *RECIPE_TEACHER, "--faces", str(args.faces),
+    teacher_args = [*RECIPE_TEACHER]
+    at = teacher_args.index("--steps") + 1
+    teacher_args[at] = str(max(1, round(int(teacher_args[at]) * args.scale)))
+    cmd = [sys.executable, "-m", "quantize.cli", "teacher", "train", *teacher_args, "--faces", str(args.faces),
            "--out", str(teacher_run)]
     if args.no_progress:
         cmd.append("--no-progress")

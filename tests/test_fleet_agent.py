@@ -357,12 +357,14 @@ class FakeDaemon:
     """Writes health reports for `candidate` the way the daemon does, from a thread (this process's pid)."""
 
     def __init__(self, path, candidate, *, faces_per_report: int = 1, pause: tuple[float, float] | None = None,
-                 frame_errors_after: float | None = None, faces_after: float = 0.0) -> None:
+                 frame_errors_after: float | None = None, faces_after: float = 0.0,
+                 settling: tuple[float, str] | None = None) -> None:
         from edge.fleet.health import REPORT_INTERVAL_S
 
         self.path, self.candidate, self.interval = path, str(candidate), REPORT_INTERVAL_S
         self.faces_per_report, self.pause = faces_per_report, pause
         self.frame_errors_after, self.faces_after = frame_errors_after, faces_after
+        self.settling = settling  # (seconds, old bundle): a rollback's load still in flight, then the old bundle
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -378,9 +380,14 @@ class FakeDaemon:
             frames += 5
             faces += self.faces_per_report if now >= self.faces_after else 0
             errors += 1 if self.frame_errors_after is not None and now >= self.frame_errors_after else 0
-            write_report(self.path, HealthReport(pid=os.getpid(), ts=time.time(), bundle_dir=self.candidate, build=2,
+            running, followed, pending = self.candidate, self.candidate, False
+            if self.settling is not None and now < self.settling[0]:
+                # Still on the candidate from an earlier try, loading the rollback's bundle, then running it.
+                running = self.candidate if now < self.settling[0] / 2 else self.settling[1]
+                followed, pending = self.settling[1], now < self.settling[0] / 2
+            write_report(self.path, HealthReport(pid=os.getpid(), ts=time.time(), bundle_dir=running, build=2,
                                                  frames=frames, faces_inferred=faces, invalid_outputs=0,
-                                                 frame_errors=errors))
+                                                 frame_errors=errors, followed=followed, swap_pending=pending))
             time.sleep(self.interval)
 
     def __enter__(self) -> FakeDaemon:
@@ -403,6 +410,15 @@ def test_a_late_health_report_from_a_live_daemon_is_not_a_stopped_daemon(tmp_pat
     agent = health_agent(tmp_path, kit, "update.health_window_s=9")  # outlives the 6 s stall
     candidate = tmp_path / "bundles" / "candidate"
     with FakeDaemon(agent.config.update.health_file, candidate, pause=(0.5, 6.0)):
+        assert agent.watch_health(candidate) is None
+
+
+def test_the_window_starts_only_when_the_daemon_has_settled_on_the_candidate(tmp_path, kit):
+    """CI flake (test_fleet_e2e, a retried rollback): a report naming the candidate while the daemon still loaded
+    the previous rollback's bundle started the window, and the daemon then "left the bundle"."""
+    agent = health_agent(tmp_path, kit)
+    candidate = tmp_path / "bundles" / "candidate"
+    with FakeDaemon(agent.config.update.health_file, candidate, settling=(2.0, str(tmp_path / "bundles" / "old"))):
         assert agent.watch_health(candidate) is None
 
 

@@ -13,6 +13,7 @@ from fleet_helpers import variant
 from edge.bundle import read_bundle
 from edge.config import load_config
 from edge.pipeline.daemon import load_processor, load_runtime
+from edge.publish.payloads import ExpressionEvents
 
 
 def still_frames(london, person: str = "004", n: int = 8, x: int = 160, size: int = 320) -> list[np.ndarray]:
@@ -132,9 +133,16 @@ def test_a_nan_from_the_backend_costs_one_frame_for_that_face(tiny_bundle, londo
     nan_frame = processor.process(frames[3], 3)
     backend.infer = real
     assert nan_frame.invalid == 1 and nan_frame.record.faces == []  # dropped from that record only
+    assert nan_frame.held == (tid,)  # the face is still in view
     np.testing.assert_array_equal(processor.head.state()[0], state_before)  # and never entered the smoothing
     later = processor.process(frames[4], 4)
     assert [f.track_id for f in later.record.faces] == [tid] and later.invalid == 0
+    # dashboards see no end / start for the frame without a result: the track is held, not gone
+    events = ExpressionEvents("cam")
+    events.update(processor.process(frames[0], 5).record)
+    assert [e.kind for e in events.update(nan_frame.record, nan_frame.held)] == []
+    assert [e.kind for e in events.update(later.record)] in ([], ["update"])
+    assert [e.kind for e in events.update(nan_frame.record)] == ["end"]  # without `held` it would end
 
 
 def test_more_live_tracks_than_slots_costs_smoothing_history_not_the_frame(tiny_bundle, london_dir):

@@ -397,7 +397,10 @@ class UpdateAgent:
             report = read_report(path)
             if report is not None and report.swap_error_dir == str(candidate):
                 return "unhealthy", f"the daemon refused the bundle: {report.swap_error}"
-            if report is not None and report.bundle_dir == str(candidate) and report.age_s() < stale:
+            # Settled on it: a report from before the daemon saw the link, or with a load still in flight
+            # (a rollback's, say), would let the window start on a bundle the daemon is about to leave.
+            if (report is not None and report.bundle_dir == str(candidate) and report.age_s() < stale
+                    and report.followed == str(candidate) and not report.swap_pending):
                 first = report
                 break
             if time.monotonic() > deadline:

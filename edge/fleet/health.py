@@ -34,6 +34,8 @@ class HealthReport(BaseModel):
     swap_error: str | None = Field(default=None, description="why the last swap was refused")
     swap_error_dir: str | None = None
     last_swap_gap_ms: float | None = Field(default=None, description="longest pause between frames at the last swap")
+    followed: str | None = Field(default=None, description="the store's `current` link target the daemon last acted on")
+    swap_pending: bool = Field(default=False, description="a bundle load is in flight or queued")
 
     def age_s(self, now: float | None = None) -> float:
         return (time.time() if now is None else now) - self.ts

@@ -244,9 +244,9 @@ class PublishProbe:
         self.queue: queue.SimpleQueue = queue.SimpleQueue()
         self.published = 0
 
-    def write(self, record: ResultRecord) -> None:
+    def write(self, record: ResultRecord, held: tuple[int, ...] = ()) -> None:
         self.queue.put(record.to_json())
-        for event in self.events.update(record):
+        for event in self.events.update(record, held):
             self.queue.put(event.to_json())
         self.published += 1
         while not self.queue.empty():  # a publisher thread would drain it; keep memory flat
@@ -290,7 +290,7 @@ def pipeline_samples(processor: FrameProcessor, frames: list[np.ndarray], first_
         t0 = time.monotonic()
         result = processor.process(image, index, captured_at=t0)
         t1 = time.perf_counter()
-        probe.write(result.record)
+        probe.write(result.record, result.held)
         publish = (time.perf_counter() - t1) * 1e3
         busy += time.perf_counter() - started
         frame_ms.append(result.record.latency_ms + publish)

@@ -296,7 +296,8 @@ class Daemon:
             pid=os.getpid(), ts=time.time(), bundle_dir=str(self.bundle.path), build=self.bundle.manifest.build,
             frames=s.frames, faces_inferred=s.faces_inferred, invalid_outputs=s.invalid_outputs,
             frame_errors=s.frame_errors, swap_error=s.swap_error,
-            swap_error_dir=s.swap_error_dir, last_swap_gap_ms=s.last_swap_gap_ms)
+            swap_error_dir=s.swap_error_dir, last_swap_gap_ms=s.last_swap_gap_ms,
+            followed=str(self.followed), swap_pending=self.swapper is not None or self.queued_swap is not None)
         try:
             write_report(self.config.update.health_file, report)
         except OSError as exc:
@@ -447,7 +448,7 @@ class Daemon:
             self.latency.add(stage, ms)
         self.latency.add("frame", result.record.latency_ms)
         for sink in self.sinks:
-            sink.write(result.record)
+            sink.write(result.record, result.held)
 
     def _limits_reached(self, elapsed: float) -> bool:
         lim = self.limits

@@ -33,9 +33,9 @@ class MqttSink:
         self.publisher.set_info(info_payload(self.device, self.config.device.group, __version__, info, backend,
                                              [*CAPABILITIES, *extra], self.config.device.location))
 
-    def write(self, record: ResultRecord) -> None:
+    def write(self, record: ResultRecord, held: tuple[int, ...] = ()) -> None:
         self.publisher.publish_result(record)
-        for event in self.events.update(record):
+        for event in self.events.update(record, held):
             self.publisher.publish_event(event)
 
     def publish_stats(self, snapshot: dict, bundle: BundleRef) -> None:

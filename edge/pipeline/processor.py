@@ -36,6 +36,7 @@ class FrameResult:
     faces: FrameFaces
     stage_ms: dict[str, float] = field(default_factory=dict)
     invalid: int = 0  # faces dropped because the model gave non-finite outputs
+    held: tuple[int, ...] = ()  # their track ids: still in view, only without a result this frame
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ class FrameProcessor:
         faces = self.front.process(image)
         stage = {"detect": faces.times.detect_ms, "track": faces.times.track_ms, "align": faces.times.align_ms}
         entries = []
-        invalid = 0
+        held: list[int] = []
         if faces.faces:
             ids = [face.track_id for face in faces.faces]
             slots, fresh = self.front.assign(ids)
@@ -112,16 +113,16 @@ class FrameProcessor:
             if times.head_ms is not None:
                 stage["head"] = times.head_ms
             finite = np.isfinite(out.au_prob).all(axis=1) & np.isfinite(out.fe_prob).all(axis=1)
-            invalid = int((~finite).sum())
             for i, face in enumerate(faces.faces):
                 if not finite[i]:  # a broken model must not reach dashboards; the health report counts it
+                    held.append(face.track_id)
                     continue
                 x1, y1, x2, y2 = (float(v) for v in face.box)
                 entries.append(face_result(face.track_id, (x1, y1, x2 - x1, y2 - y1), face.score, self.labels,
                                            out.au_prob[i], out.au_active[i], out.fe_prob[i]))
         latency = (time.monotonic() - start) * 1e3
         record = result_record(self.device_id, self.bundle_ref, frame_id, entries, latency, epoch_s)
-        return FrameResult(record, faces, stage, invalid)
+        return FrameResult(record, faces, stage, len(held), tuple(held))
 
     def swap(self, runtime: ModelRuntime, config: SensorConfig | None = None) -> SwapOutcome:
         """Run `runtime` from the next frame: tracks and smoothing carried over when they keep their meaning.

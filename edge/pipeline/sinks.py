@@ -10,7 +10,9 @@ from edge.publish.payloads import ResultRecord
 
 
 class Sink(Protocol):
-    def write(self, record: ResultRecord) -> None: ...
+    def write(self, record: ResultRecord, held: tuple[int, ...] = ()) -> None:
+        """`held`: tracks in view without a result this frame (non-finite outputs): not gone."""
+        ...
 
     def close(self) -> None: ...
 
@@ -23,7 +25,7 @@ class JsonlSink:
         self.path = path
         self._file: IO[str] = path.open("a", encoding="utf-8", buffering=1)
 
-    def write(self, record: ResultRecord) -> None:
+    def write(self, record: ResultRecord, held: tuple[int, ...] = ()) -> None:
         self._file.write(record.model_dump_json(exclude_none=True) + "\n")
 
     def close(self) -> None:
@@ -36,7 +38,7 @@ class StdoutSink:
     def __init__(self, stream: IO[str] | None = None) -> None:
         self._stream = stream if stream is not None else sys.stdout
 
-    def write(self, record: ResultRecord) -> None:
+    def write(self, record: ResultRecord, held: tuple[int, ...] = ()) -> None:
         self._stream.write(record.model_dump_json(exclude_none=True) + "\n")
         self._stream.flush()
 

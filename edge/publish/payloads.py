@@ -10,7 +10,7 @@ contract for dashboard authors; tests check both stay in step.
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Annotated, Any, Literal
 
@@ -222,9 +222,11 @@ class ExpressionEvents:
         self._device = device
         self._tracks: dict[int, tuple[str, float, int]] = {}  # id -> (expression, score, start ms)
 
-    def update(self, record: ResultRecord) -> list[EventPayload]:
+    def update(self, record: ResultRecord, held: Collection[int] = ()) -> list[EventPayload]:
+        """Events for this record; tracks in `held` are in view but have no result this frame (e.g. a non-finite
+        model output): they neither end nor restart."""
         events: list[EventPayload] = []
-        seen: set[int] = set()
+        seen: set[int] = set(held) & set(self._tracks)
         for face in record.faces:
             seen.add(face.track_id)
             known = self._tracks.get(face.track_id)

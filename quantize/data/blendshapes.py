@@ -14,7 +14,6 @@ has two halves:
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
 import time
@@ -67,11 +66,10 @@ class BlendshapeScores:
         return np.isfinite(self.scores).all(axis=1)
 
     def save(self, path: Path) -> None:
-        from edge.fsutil import atomic_write
+        from edge.fsutil import atomic_writer
 
-        buffer = io.BytesIO()
-        np.savez(buffer, key=self.key, names=np.array(self.names), scores=self.scores, lip_gap=self.lip_gap)
-        atomic_write(Path(path), buffer.getvalue())
+        with atomic_writer(path) as fh:
+            np.savez(fh, key=self.key, names=np.array(self.names), scores=self.scores, lip_gap=self.lip_gap)
 
     @classmethod
     def load(cls, path: Path | str) -> BlendshapeScores:

@@ -13,7 +13,6 @@ fits a dataset of centred crops well.
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 import time
@@ -26,7 +25,7 @@ import numpy as np
 
 from edge.alignment import similarity_matrix, template_for
 from edge.analysis.face_crops import face_crop_frame
-from edge.fsutil import atomic_write
+from edge.fsutil import atomic_writer
 from edge.labels import BASIC_EXPRESSIONS
 from quantize.data.types import NUM_AUS, DataError, LabelledImage
 
@@ -87,9 +86,8 @@ class FaceCache:
     def save(self, path: Path) -> None:
         """One .npz, written atomically."""
         arrays = {f.name: getattr(self, f.name) for f in fields(self) if f.name not in ("size", "margin")}
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays, geometry=np.array(json.dumps({"size": self.size, "margin": self.margin})))
-        atomic_write(Path(path), buffer.getvalue())
+        with atomic_writer(path) as fh:
+            np.savez(fh, **arrays, geometry=np.array(json.dumps({"size": self.size, "margin": self.margin})))
 
     @classmethod
     def load(cls, path: Path | str) -> FaceCache:

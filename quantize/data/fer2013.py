@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from edge.labels import BASIC_EXPRESSIONS
-from quantize.data.types import UNLABELLED, DataError, LabelledImage, expression_index
+from quantize.data.types import UNLABELLED, DataError, LabelledImage, expression_index, image_reader
 
 SPLITS = ("train", "public", "private")
 _USAGE = {"train": "Training", "public": "PublicTest", "private": "PrivateTest"}
@@ -43,16 +43,6 @@ def _split(split: str) -> str:
     if split not in SPLITS:
         raise DataError(f"FER2013 split must be one of {SPLITS}, got {split!r}")
     return split
-
-
-def _image_reader(path: Path) -> Callable[[], np.ndarray]:
-    def read() -> np.ndarray:
-        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if image is None:
-            raise DataError(f"cannot read image {path}")
-        return image
-
-    return read
 
 
 def _pixel_reader(pixels: np.ndarray) -> Callable[[], np.ndarray]:
@@ -78,7 +68,7 @@ def load_fer2013_folders(root: Path | str, split: str) -> list[LabelledImage]:
                 raise DataError(f"{class_dir}: unknown FER2013 class folder (expected one of {sorted(FER_FOLDERS)})")
             for path in sorted(class_dir.iterdir()):
                 if path.suffix.lower() in (".jpg", ".jpeg", ".png") and path.name.startswith(prefix):
-                    items.append(LabelledImage(str(path.relative_to(root)), _image_reader(path),
+                    items.append(LabelledImage(str(path.relative_to(root)), image_reader(path),
                                                expression_index(name), "fer2013", tight=True))
     if not items:
         raise DataError(f"{root}: no FER2013 {split} images (expected train/<class>/*.jpg or "
@@ -184,7 +174,7 @@ def _ferplus_rows(root: Path | str, split: str) -> list[tuple[str, Path, np.ndar
 
 def load_ferplus_folders(root: Path | str, split: str) -> list[LabelledImage]:
     """FERPlus's generated layout: `<root>/FER2013Train|Valid|Test/label.csv` ("name.png,(box),10 votes")."""
-    items = [_ferplus_item(key, _image_reader(path), votes) for key, path, votes in _ferplus_rows(root, split)]
+    items = [_ferplus_item(key, image_reader(path), votes) for key, path, votes in _ferplus_rows(root, split)]
     return [item for item in items if item is not None]
 
 
@@ -212,7 +202,7 @@ def attach_ferplus(images: list[LabelledImage], ferplus_root: Path | str, split:
         image = read()
         return (cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image).astype(np.float32)
 
-    theirs = np.stack([grey(_image_reader(path)) for _, path, _ in rows])
+    theirs = np.stack([grey(image_reader(path)) for _, path, _ in rows])
     ours = np.stack([grey(item.read) for item in images])
     if theirs.shape[1:] != ours.shape[1:]:
         raise DataError(f"FER+ images are {theirs.shape[1:]}, FER2013 images {ours.shape[1:]}: not the same data")

@@ -9,10 +9,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-import cv2
-import numpy as np
-
-from quantize.data.types import DataError, LabelledImage, expression_index
+from quantize.data.types import DataError, LabelledImage, expression_index, image_reader
 
 SYNONYMS = {"happy": "happiness", "sad": "sadness", "angry": "anger", "surprised": "surprise",
             "fearful": "fear", "disgusted": "disgust", "calm": "neutral"}
@@ -39,14 +36,8 @@ def load_labelled_folder(labels_csv: Path | str, dataset: str | None = None) -> 
             if not path.is_file():
                 raise DataError(f"{labels_csv}:{line_no}: image {path} does not exist")
 
-            def read(path: Path = path) -> np.ndarray:
-                image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-                if image is None:
-                    raise DataError(f"cannot read image {path}")
-                return image
-
             person = (row.get("person") or "").strip() or row["relpath"]
-            items.append(LabelledImage(row["relpath"], read, expression, name, person))
+            items.append(LabelledImage(row["relpath"], image_reader(path), expression, name, person))
     if not items:
         raise DataError(f"{labels_csv}: no rows")
     return items

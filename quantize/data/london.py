@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from edge.labels import BASIC_EXPRESSIONS
-from quantize.data.types import NUM_AUS, DataError, LabelledImage, au_column
+from quantize.data.types import NUM_AUS, DataError, LabelledImage, au_column, image_reader
 
 ENV_DIR = "AFFECT_LONDON_DIR"
 TEMPLATE_POINTS = 189
@@ -252,12 +252,7 @@ def photo_images(persons: list[str], root: Path | str | None = None) -> list[Lab
                     continue
                 raise DataError(f"neutral photo {path} of person {person!r} does not exist")
 
-            def read(path: Path = path) -> np.ndarray:
-                image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-                if image is None:
-                    raise DataError(f"cannot read image {path}")
-                return image
-
             expression, au, mask = photo_labels(smiling)
-            out.append(LabelledImage(path.name, read, expression, "london_photo", person, au=au, au_mask=mask))
+            out.append(LabelledImage(path.name, image_reader(path), expression, "london_photo", person, au=au,
+                                     au_mask=mask))
     return out

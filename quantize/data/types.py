@@ -93,6 +93,20 @@ class LabelledImage:
     tight: bool = False
 
 
+def image_reader(path) -> Callable[[], np.ndarray]:
+    """A `LabelledImage.read` for a file: BGR uint8, or a DataError naming the file."""
+
+    def read() -> np.ndarray:
+        import cv2
+
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if image is None:
+            raise DataError(f"cannot read image {path}")
+        return image
+
+    return read
+
+
 def expression_index(name: str) -> int:
     """Index of a basic expression name; contempt and unknown names are a DataError."""
     try:
