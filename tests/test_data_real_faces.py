@@ -107,7 +107,7 @@ def test_blendshapes_map_to_au_targets_rebased_on_neutral_faces() -> None:
     smile = np.r_[np.full(20, 0.1), np.full(20, 0.9)]
     scores = _scores({"mouthSmileLeft": smile, "mouthSmileRight": smile, "eyeSquintLeft": np.full(n, 0.3),
                       "eyeSquintRight": np.full(n, 0.3), "jawOpen": np.linspace(0, 1, n)}, n,
-                     np.r_[np.full(20, 0.0), np.full(20, 0.1)])
+                     np.r_[np.full(20, 0.0), np.full(20, 0.3)])
     scores.scores[3] = np.nan  # no face found there
     values, labelled = raw_au(scores)
     assert not labelled[AUS.index(23)] and labelled[AUS.index(25)] and labelled.sum() == len(AUS) - 1
@@ -118,6 +118,19 @@ def test_blendshapes_map_to_au_targets_rebased_on_neutral_faces() -> None:
     assert np.allclose(target[mask[:, au7], au7], 0)  # a neutral face's squint level is the baseline
     assert np.allclose(target[20:, au25], 1.0) and np.allclose(target[:20, au25][mask[:20, au25]], 0.0)
     assert not mask[3].any() and not mask[:, AUS.index(23)].any()
+
+
+def test_lips_parted_stays_teachable_when_neutral_faces_part_their_lips_a_little() -> None:
+    """Measured on FER2013 Training: a tenth of the neutral faces have a lip gap above 0.1 eye distances. With
+    the gap saturating at 0.08 the neutral baseline reached 1 and every AU25 target was 0."""
+    n = 100
+    gap = np.r_[np.linspace(0.0, 0.12, 50), np.full(50, 0.3)]  # neutral faces up to 0.12, then mouths wide open
+    values, labelled = raw_au(_scores({}, n, gap))
+    baselines = fit_baselines(values, np.r_[np.ones(50, bool), np.zeros(50, bool)])
+    au25 = AUS.index(25)
+    assert baselines[au25] < 0.5
+    target, mask = au_targets(values, labelled, baselines)
+    assert mask[:, au25].all() and np.allclose(target[50:, au25], 1.0) and target[:45, au25].max() < 0.3
 
 
 def test_training_arrays_mix_votes_and_teach_aus(cache, tmp_path) -> None:

@@ -47,7 +47,9 @@ AU_SOURCES: dict[int, tuple[str, ...]] = {
 # unlabelled (masked), never guessed.
 LIP_INNER = (13, 14)
 EYE_CORNERS = (33, 263)
-LIP_GAP_OFF, LIP_GAP_ON = 0.02, 0.08  # gap / eye distance: closed below OFF, clearly parted from ON
+# Inner-lip gap / eye distance: closed below OFF, wide open (surprise's upper quartile on FER2013) from ON.
+# ON at 0.08 saturated: a tenth of neutral FER2013 faces pass 0.1, so the neutral baseline hit 1 and AU25 was never on.
+LIP_GAP_OFF, LIP_GAP_ON = 0.02, 0.25
 BORDER = 0.25  # grey border added around an image before the landmarker (its detector wants context)
 SIDE = 192  # the bordered image is resized to this: FER2013's 48 px faces are too small for its detector
 
