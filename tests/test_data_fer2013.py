@@ -115,6 +115,25 @@ def test_matching_refuses_a_different_image(layouts, tmp_path) -> None:
     assert match.unmatched == 1 and images[0].votes is None
 
 
+@pytest.mark.parametrize("order", [(0, 1), (1, 0)])
+def test_duplicate_ferplus_rows_that_disagree_are_pooled_in_any_order(tmp_path, order) -> None:
+    """FER2013 repeats images and FER+'s crowd voted on each copy separately; seen on the real set: one copy
+    "not a face", the other a face. Which row matched used to depend on sort order."""
+    pixels = faces(1, 5)[0]
+    votes = ([0, 0, 0, 0, 0, 0, 0, 0, 4, 6], [0, 9, 0, 0, 0, 0, 0, 0, 0, 1])  # not a face / happiness 9
+    split_dir = tmp_path / "ferplus" / "FER2013Train"
+    split_dir.mkdir(parents=True)
+    for n in order:
+        cv2.imwrite(str(split_dir / f"fer{n:07d}.png"), pixels)
+        with (split_dir / "label.csv").open("a", newline="") as fl:
+            csv.writer(fl).writerow([f"fer{n:07d}.png", "(0, 0, 48, 48)", *votes[n]])
+    (tmp_path / "train" / "happy").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "train" / "happy" / "Training_1.jpg"), pixels)
+    images, match = attach_ferplus(load_fer2013_folders(tmp_path, "train"), tmp_path / "ferplus", "train")
+    assert (match.with_votes, match.dropped) == (1, 0)  # pooled: happiness 9 beats not-a-face 7
+    assert images[0].votes[E("happiness")] == 9 and images[0].votes.sum() == 9
+
+
 def test_errors_name_the_file(layouts, tmp_path) -> None:
     with pytest.raises(DataError, match=r"label\.csv does not exist"):
         load_ferplus_folders(tmp_path, "train")

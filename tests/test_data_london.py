@@ -10,7 +10,10 @@ from quantize.data.generate import london_photo_samples
 from quantize.data.london import LondonFaces, five_points, london_split, read_tem, register_to
 from quantize.data.types import DataError
 
-ROOT = LondonFaces().root
+try:
+    ROOT = LondonFaces().root
+except DataError as exc:  # the photos live beside the repository (../shared/data), not in it
+    pytest.skip(str(exc), allow_module_level=True)
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import LONDON
 
 from edge.bundle import read_bundle
 from edge.runtime.onnxruntime_backend import OnnxRuntimeBackend
@@ -23,6 +24,7 @@ def quantize_cli(*args: str) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not LONDON.is_dir(), reason=f"the generated faces need the London photos ({LONDON})")
 def test_teacher_distill_export_selftest(tmp_path):
     teacher, distill, bundle_dir = tmp_path / "teacher", tmp_path / "distill", tmp_path / "bundle"
     quantize_cli("teacher", "train", "--config", "tiny", "--out", str(teacher), "--steps", "6", "--batch", "8",

@@ -146,7 +146,8 @@ def build_face_cache(items: Sequence[LabelledImage], geometry: CropGeometry = Cr
     found: list[np.ndarray | None] = []
     matrices: dict[str, list[np.ndarray]] = {}
     widths: dict[str, list[int]] = {}
-    started, n = time.monotonic(), len(items)
+    started, n, tty = time.monotonic(), len(items), sys.stderr.isatty()
+    every, start, end = (500, "\r", "") if tty else (5000, "", "\n")
     for i, item in enumerate(items):
         frame = _frame(item, item.read())
         faces = detector.detect(frame)
@@ -155,10 +156,11 @@ def build_face_cache(items: Sequence[LabelledImage], geometry: CropGeometry = Cr
         if points is not None and item.tight:
             matrices.setdefault(item.dataset, []).append(similarity_matrix(points, template))
             widths.setdefault(item.dataset, []).append(frame.shape[1])
-        if progress and sys.stderr.isatty() and (i + 1) % 500 == 0:
+        # A terminal gets one line rewritten every 500 faces; a log (systemd, nohup) a new line every 5000.
+        if progress and (i + 1) % every == 0:
             rate = (i + 1) / max(time.monotonic() - started, 1e-6)
-            print(f"\rfaces: {i + 1}/{n} ({rate:.0f}/s)", end="", file=sys.stderr, flush=True)
-    if progress and sys.stderr.isatty():
+            print(f"{start}faces: {i + 1}/{n} ({rate:.0f}/s)", end=end, file=sys.stderr, flush=True)
+    if progress and tty:
         print(file=sys.stderr)
     medians = {d: _median_transform(m, widths[d]) for d, m in matrices.items()}
 

@@ -193,8 +193,10 @@ def attach_ferplus(images: list[LabelledImage], ferplus_root: Path | str, split:
     the CSV row order FER+ is keyed by). Keeps each image's original label; images FER+ calls "not a face" or
     "unknown" are left out; images with no FER+ row within `max_rmse` grey levels keep no votes.
 
-    FER2013 holds exact duplicates; FER+ gave them identical votes, so which duplicate row matches does not
-    matter. JPEG recompression moves pixels by an RMSE of ~1-2; distinct faces differ by > 12.
+    FER2013 holds exact duplicates, and FER+'s crowd did not always vote alike on them (58 Training images match
+    rows that disagree even on whether to drop the face): the votes of equally close rows are pooled, so the
+    result does not depend on sort order. JPEG recompression moves pixels by an RMSE of ~1-2; distinct faces
+    differ by > 12.
     """
     rows = _ferplus_rows(ferplus_root, split)
 
@@ -220,12 +222,12 @@ def attach_ferplus(images: list[LabelledImage], ferplus_root: Path | str, split:
         for offset, cands in enumerate(candidates):
             i = start + offset
             rmse = np.sqrt(((theirs[cands] - ours[i]) ** 2).mean(axis=(1, 2)))
-            best = int(cands[int(np.argmin(rmse))])
             if rmse.min() > max_rmse:
                 counts["unmatched"] += 1
                 out.append(images[i])
                 continue
-            target = ferplus_target(rows[best][2])
+            tied = cands[rmse <= rmse.min() + 1e-3]  # the same pixels: duplicate rows of one image
+            target = ferplus_target(np.sum([rows[int(k)][2] for k in tied], axis=0))
             if target is None:
                 counts["dropped"] += 1
                 continue
