@@ -37,9 +37,8 @@ def head_arrays(dim: int = DIM) -> dict[str, np.ndarray]:
     return {**arrays, "au_threshold": np.full(n_au, 0.5, dtype=np.float32)}
 
 
-def make_tiny_bundle(dest: Path, *, build: int = 1, version: str = "0.0.1", seed: int = 0) -> Path:
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
+def calibrated_student(rng: np.random.Generator) -> tuple[StudentBackbone, np.ndarray]:
+    """A random student, BN folded and calibrated (fake-quant mode, ready to export), and its calibration images."""
     student = StudentBackbone(CONFIG)
     student.train()
     with torch.no_grad():  # give BatchNorm non-trivial running statistics before folding
@@ -49,6 +48,13 @@ def make_tiny_bundle(dest: Path, *, build: int = 1, version: str = "0.0.1", seed
     fold_batchnorm(student)
     calibration = rng.standard_normal((32, 3, CROP, CROP)).astype(np.float32)
     calibrate(student, [torch.from_numpy(calibration[i : i + 8]) for i in range(0, 32, 8)])
+    return student, calibration
+
+
+def make_tiny_bundle(dest: Path, *, build: int = 1, version: str = "0.0.1", seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    student, calibration = calibrated_student(rng)
     spec = ExportSpec(
         name="unit-test", version=version, build=build, labels=DEFAULT_LABELS, crop_size=CROP,
         mean=[0.5] * 3, std=[0.25] * 3, alignment=(TEMPLATE_112 * CROP / 112).tolist(),

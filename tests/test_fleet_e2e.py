@@ -49,13 +49,15 @@ def broker(tmp_path_factory):
 class Device:
     """One simulated device: daemon and agent processes, like the two systemd units."""
 
-    def __init__(self, tmp: Path, name: str, keys: Path, port: int, group: str = "lab") -> None:
+    def __init__(self, tmp: Path, name: str, keys: Path, port: int, factory: Path, group: str = "lab") -> None:
         self.name, self.dir = name, tmp / name
         self.dir.mkdir(parents=True)
         self.config = device_config(self.dir, name, keys, port, group=group)
         self.daemon: subprocess.Popen | None = None
         self.agent: subprocess.Popen | None = None
         self.store = BundleStore(self.dir / "bundles")
+        # What the device shipped with, at build 1: the built-in bundle's build moves with each release.
+        self.store.seed(read_bundle(factory))
 
     def _spawn(self, args: list[str], log: str, env: dict[str, str] | None = None) -> subprocess.Popen:
         with (self.dir / log).open("ab") as out:
@@ -131,6 +133,7 @@ def kit(tmp_path_factory, tiny_bundle):
     www = root / "www"
     www.mkdir()
     tars = {}
+    factory = variant(tiny_bundle, root / "b1", build=1)
     for build in range(2, 10):
         tars[build] = signed_tar(variant(tiny_bundle, root / f"b{build}", build=build), key, www / f"b{build}.tar")
     labels = read_bundle(tiny_bundle).manifest.labels
@@ -148,12 +151,12 @@ def kit(tmp_path_factory, tiny_bundle):
         tars[how] = evil_tar(root / "b9", key, www / f"{how}.tar", how)
     full = tars[9].read_bytes()
     (www / "short.tar").write_bytes(full[: len(full) // 2])
-    return {"keys": root / "keys", "key": key, "keyfile": root / "keys" / "fleet.key", "rogue": rogue, "www": www,
-            "tars": tars}
+    return {"factory": factory, "keys": root / "keys", "key": key, "keyfile": root / "keys" / "fleet.key",
+            "rogue": rogue, "www": www, "tars": tars}
 
 
 def test_a_staged_rollout_reaches_every_device_canary_first(tmp_path, broker, kit):
-    devices = [Device(tmp_path, f"cam-{i}", kit["keys"], broker.plain_port).start() for i in (1, 2, 3)]
+    devices = [Device(tmp_path, f"cam-{i}", kit["keys"], broker.plain_port, kit["factory"]).start() for i in (1, 2, 3)]
     try:
         with Collector(broker.plain_port, [f"{PREFIX}/+/update/state", f"{PREFIX}/+/info"]) as col, \
                 http_server(kit["www"]) as base:
@@ -225,7 +228,7 @@ def unexpiring_downgrade(kit: dict, base: str) -> dict:
 
 
 def test_bad_updates_are_refused_or_rolled_back_while_the_previous_bundle_keeps_running(tmp_path, broker, kit):
-    dev = Device(tmp_path, "cam-x", kit["keys"], broker.plain_port).start()
+    dev = Device(tmp_path, "cam-x", kit["keys"], broker.plain_port, kit["factory"]).start()
     try:
         with Collector(broker.plain_port, [f"{PREFIX}/cam-x/update/state"]) as col, http_server(kit["www"]) as base:
             wait_healthy(dev, 1)
@@ -263,7 +266,7 @@ STEPS = ["accepted", "downloading", "verifying", "self_testing", "activating", "
 
 
 def test_kill_9_of_the_agent_at_each_step_leaves_a_complete_bundle_active(tmp_path, broker, kit):
-    dev = Device(tmp_path, "cam-k", kit["keys"], broker.plain_port)
+    dev = Device(tmp_path, "cam-k", kit["keys"], broker.plain_port, kit["factory"])
     dev.daemon = dev._spawn(["run"], "daemon.log")
     try:
         with Collector(broker.plain_port, [f"{PREFIX}/cam-k/update/state"]) as col, \
@@ -305,7 +308,7 @@ def test_kill_9_of_the_agent_at_each_step_leaves_a_complete_bundle_active(tmp_pa
 def test_a_replayed_signed_downgrade_does_not_roll_a_device_back(tmp_path, broker, kit):
     """Issue 19, finding 1: an attacker with broker write access records the operator's signed downgrade
     document and republishes it (retained) after the operator has moved on; the device must stay put."""
-    dev = Device(tmp_path, "cam-r", kit["keys"], broker.plain_port).start()
+    dev = Device(tmp_path, "cam-r", kit["keys"], broker.plain_port, kit["factory"]).start()
     topic = f"{PREFIX}/cam-r/update/desired"
     cli = ["--key", str(kit["keyfile"]), "--device", "cam-r", "--host", "127.0.0.1", "--port",
            str(broker.plain_port), "--prefix", PREFIX]
@@ -346,7 +349,7 @@ def test_a_replayed_signed_downgrade_does_not_roll_a_device_back(tmp_path, broke
 def test_a_rollback_for_lack_of_frames_is_not_remembered_and_is_retried(tmp_path, broker, kit):
     """Issue 19, finding 5: a health window with too few frames (camera away) is the environment's fault;
     the document must be tried again, not refused for good."""
-    dev = Device(tmp_path, "cam-f", kit["keys"], broker.plain_port)
+    dev = Device(tmp_path, "cam-f", kit["keys"], broker.plain_port, kit["factory"])
     dev.daemon = dev._spawn(["run"], "daemon.log")
     try:
         with Collector(broker.plain_port, [f"{PREFIX}/cam-f/update/state"]) as col, http_server(kit["www"]) as base:
@@ -389,7 +392,7 @@ def test_a_bundle_is_never_kept_without_a_face_inferred(tmp_path, broker, kit):
     for _ in range(20):
         writer.write(np.full((480, 640, 3), 90, np.uint8))
     writer.release()
-    dev = Device(tmp_path, "cam-e", kit["keys"], broker.plain_port)
+    dev = Device(tmp_path, "cam-e", kit["keys"], broker.plain_port, kit["factory"])
     dev.config = device_config(dev.dir, "cam-e", kit["keys"], broker.plain_port, source=f'"{empty}"\nloop = true',
                                extra="health_face_wait_s = 1\n")
     dev.start()

@@ -22,11 +22,20 @@ import torch
 from torch import nn
 
 from edge.bundle import Bundle, write_bundle
+from edge.fsutil import atomic_write
 from edge.head.params import head_params_from_arrays
 from edge.head.reference import head_forward
 from edge.labels import LabelSpace
 from quantize.export.cpu_lowering import quantize_for_cpu
-from quantize.export.onnx_graphs import INPUT_NAME, check_tensorrt_int8, export_onnx, op_counts, simplify
+from quantize.export.onnx_graphs import (
+    INPUT_NAME,
+    ExportError,
+    check_tensorrt_int8,
+    export_onnx,
+    fold_weight_quantizers,
+    op_counts,
+    simplify,
+)
 from quantize.qat.layers import set_mode
 
 TRT_FILE, CPU_FILE, FP32_FILE = "student_trt.onnx", "student_cpu.onnx", "student_fp32.onnx"
@@ -86,10 +95,18 @@ def export_bundle(
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".export-") as work_dir:
         work = Path(work_dir)
-        raw_trt, trt = work / "raw_trt.onnx", work / TRT_FILE
+        raw_trt, simple_trt, trt = work / "raw_trt.onnx", work / "simple_trt.onnx", work / TRT_FILE
         export_onnx(student, raw_trt, spec.crop_size, spec.channels)
-        simplify(raw_trt, trt)
-        qdq = check_tensorrt_int8(onnx.load(str(trt)), expect_qdq=op_counts(onnx.load(str(raw_trt))))
+        simplify(raw_trt, simple_trt)
+        # Weights go in as INT8 read by DequantizeLinear only: a quarter of the FP32 bytes, same outputs.
+        folded = fold_weight_quantizers(onnx.load(str(simple_trt)))
+        atomic_write(trt, folded.SerializeToString())
+        expect_qdq = op_counts(onnx.load(str(raw_trt)))
+        weights = expect_qdq["Conv"] + expect_qdq["Gemm"] + expect_qdq["MatMul"]
+        expect_qdq["QuantizeLinear"] -= weights  # one weight quantizer per Conv/Gemm, each folded
+        qdq = check_tensorrt_int8(folded, expect_qdq=expect_qdq)
+        if qdq["int8_weights"] != weights:
+            raise ExportError(f"TensorRT graph: {qdq['int8_weights']} of {weights} Conv/Gemm weights stored as INT8")
 
         float_student = copy.deepcopy(student)
         set_mode(float_student, "float")
