@@ -62,7 +62,8 @@ def test_sensor_bench_json_has_every_figure_and_its_machine(tiny_bundle):
     assert b["name"] == "unit-test" and b["created"] and b["total_bytes"] == sum(f["bytes"] for f in b["files"])
     assert {f["role"] for f in b["files"]} >= {"onnx_cpu", "onnx_fp32", "onnx_tensorrt", "head"}
     assert b["detector"]["bytes"] > 0
-    assert r["accuracy"] == {"data": [], "models": {}, "retention_vs_teacher": {}}  # the tiny bundle has none
+    # the tiny bundle carries no metrics
+    assert r["accuracy"] == {"data": [], "models": {}, "retention_vs_teacher": {}, "other_sets": []}
 
 
 def test_sensor_bench_table(tiny_bundle):
@@ -103,8 +104,14 @@ def test_accuracy_retention_is_relative_to_the_teacher():
     metric = lambda model, **values: SimpleNamespace(model=model, data="holdout", values=values)  # noqa: E731
     manifest = SimpleNamespace(metrics=[metric("teacher", uar=0.8, auc=0.9), metric("student_fp32", uar=0.6, auc=0.9),
                                         metric("student_int8_qat", uar=0.4, auc=0.45)])
+    # add-metrics figures on other sets, for the same model names, must not overwrite the teacher's set
+    manifest.metrics += [metric("student_int8_qat", uar=0.9, faces=10.0), metric("peer", uar=0.7, faces=10.0)]
+    manifest.metrics[-2].data = manifest.metrics[-1].data = "FER2013 private"
     acc = accuracy_retention(manifest)
     assert acc["retention_vs_teacher"]["student_fp32"] == pytest.approx({"uar": 0.75, "auc": 1.0})
+    assert acc["other_sets"] == [{"data": "FER2013 private", "models": {"student_int8_qat": {"uar": 0.9, "faces": 10.0},
+                                                                        "peer": {"uar": 0.7, "faces": 10.0}}}]
+    assert "  peer: uar 0.700, faces 10" in "\n".join(retention_table(acc))
     assert acc["retention_vs_teacher"]["student_int8_qat"] == pytest.approx({"uar": 0.5, "auc": 0.5})
     assert acc["data"] == ["holdout"]
     assert "0.450 ( 50%)" in "\n".join(retention_table(acc))

@@ -153,15 +153,21 @@ def bundle_summary(bundle: Bundle, detector: Path | None = None) -> dict[str, An
 
 
 def accuracy_retention(manifest: Manifest) -> dict[str, Any]:
-    """The manifest's measured metrics, teacher -> FP32 student -> INT8 student, with retention vs the teacher."""
-    rows = {metric.model: dict(metric.values) for metric in manifest.metrics}
-    data = sorted({metric.data for metric in manifest.metrics})
+    """The manifest's measured metrics: teacher -> FP32 student -> INT8 student on the teacher's data, with
+    retention vs the teacher; figures measured on other data (add-metrics) as their own tables, never as a
+    share of a teacher figure from another set."""
+    by_data: dict[str, dict[str, dict[str, float]]] = {}
+    for metric in manifest.metrics:
+        by_data.setdefault(metric.data, {})[metric.model] = dict(metric.values)
+    home = next((d for d, models in by_data.items() if "teacher" in models), None)
+    rows = by_data.pop(home, {}) if home is not None else {}
     teacher = rows.get("teacher")
     retention = {}
     if teacher:
         for model, values in rows.items():
             retention[model] = {k: v / teacher[k] for k, v in values.items() if teacher.get(k)}
-    return {"data": data, "models": rows, "retention_vs_teacher": retention}
+    return {"data": [] if home is None else [home], "models": rows, "retention_vs_teacher": retention,
+            "other_sets": [{"data": d, "models": models} for d, models in sorted(by_data.items())]}
 
 
 # ------------------------------------------------------------------ model graphs
@@ -479,14 +485,22 @@ def size_table(summary: dict[str, Any], indent: str = "  ") -> list[str]:
 
 def retention_table(acc: dict[str, Any], indent: str = "  ") -> list[str]:
     models = acc["models"]
-    if not models:
+    if not models and not acc.get("other_sets"):
         return [f"{indent}(the manifest carries no metrics)"]
-    keys = sorted({k for values in models.values() for k in values})
-    lines = [f"{indent}{'model':<20}" + "".join(f"{k:>14}" for k in keys)]
-    for model, values in models.items():
-        ret = acc["retention_vs_teacher"].get(model, {})
-        cells = "".join(f"{values[k]:>7.3f} ({ret[k]:>4.0%})" if k in ret else f"{values.get(k, float('nan')):>14.3f}"
-                        for k in keys)
-        lines.append(f"{indent}{model:<20}{cells}")
-    lines.append(f"{indent}(in brackets: share of the teacher's value; data: {'; '.join(acc['data'])})")
+    lines = []
+    if models:
+        keys = sorted({k for values in models.values() for k in values})
+        lines.append(f"{indent}{'model':<20}" + "".join(f"{k:>14}" for k in keys))
+        for model, values in models.items():
+            ret = acc["retention_vs_teacher"].get(model, {})
+            cells = "".join(f"{values[k]:>7.3f} ({ret[k]:>4.0%})" if k in ret
+                            else f"{values.get(k, float('nan')):>14.3f}" for k in keys)
+            lines.append(f"{indent}{model:<20}{cells}")
+        lines.append(f"{indent}(in brackets: share of the teacher's value; data: {'; '.join(acc['data'])})")
+    for other in acc.get("other_sets", []):
+        lines.append(f"{indent}measured on {other['data']}:")
+        for model, values in other["models"].items():
+            shown = ", ".join(f"{k} {v:.0f}" if k == "faces" else f"{k} {v:.3f}"
+                              for k, v in values.items() if k in ("accuracy", "uar", "faces"))
+            lines.append(f"{indent}  {model}: {shown}")
     return lines
