@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
             sets.append((f"FER2013 {args.split} (FER+ majority labels)", keep))
     for labels_csv in args.labelled:
         images = load_labelled_folder(labels_csv)[: args.limit]
-        sets.append((f"{images[0].dataset} ({labels_csv})", _items(images)))
+        # Named by the labels file, not its path: the name goes into bundle manifests (add-metrics).
+        sets.append((f"{images[0].dataset} ({labels_csv.name})", _items(images)))
     if args.london is not None:
         people = getattr(london_split(), args.people)
         sets.append((f"London {args.people} people", _items(photo_images(people, args.london)[: args.limit])))
