@@ -123,7 +123,6 @@ def _weight_of(dq: onnx.NodeProto, constant, producers) -> np.ndarray | None:
     return constant(q.input[0]) if q is not None and q.op_type == "QuantizeLinear" else None
 
 
-
 def fold_weight_quantizers(model: onnx.ModelProto) -> onnx.ModelProto:
     """Store constant weights as the INT8 tensors their QuantizeLinear computes, read through DequantizeLinear only.
 
