@@ -248,8 +248,8 @@ def check_resumable(distill_run: Path, settings) -> None:
 
 
 # The default bundle's teacher and student (docs/recipe.md).
-RECIPE_TEACHER = ["--config", "real", "--steps", "12000", "--batch", "64", "--seed", "0", "--val-every", "1000",
-                  "--ckpt-every", "500"]
+RECIPE_TEACHER_STEPS = 12000
+RECIPE_TEACHER = ["--config", "real", "--batch", "64", "--seed", "0", "--val-every", "1000", "--ckpt-every", "500"]
 RECIPE_STUDENT = {"widths": (64, 128, 256), "blocks": (1, 1, 1), "stem_width": 32, "fp32_steps": 6000,
                   "qat_steps": 1500, "batch": 64, "lr": 2e-3, "photo_fraction": 0.0, "fe_bias_photo_weight": None,
                   "seed": 0}
@@ -277,11 +277,9 @@ def _recipe(args: argparse.Namespace) -> int:
     steps = {k: max(1, round(RECIPE_STUDENT[k] * args.scale)) for k in ("fp32_steps", "qat_steps")}
     settings = DistillSettings(**{**RECIPE_STUDENT, **steps}, progress=not args.no_progress, threads=args.threads)
     check_resumable(distill_run, settings)  # fail fast
-    teacher_args = [*RECIPE_TEACHER]
-    at = teacher_args.index("--steps") + 1
-    teacher_args[at] = str(max(1, round(int(teacher_args[at]) * args.scale)))
-    cmd = [sys.executable, "-m", "quantize.cli", "teacher", "train", *teacher_args, "--faces", str(args.faces),
-           "--out", str(teacher_run)]
+    teacher_steps = max(1, round(RECIPE_TEACHER_STEPS * args.scale))
+    cmd = [sys.executable, "-m", "quantize.cli", "teacher", "train", *RECIPE_TEACHER, "--steps", str(teacher_steps),
+           "--faces", str(args.faces), "--out", str(teacher_run)]
     if args.no_progress:
         cmd.append("--no-progress")
     if args.threads:

@@ -22,3 +22,18 @@ def test_quantize_labels_prints_prior():
     assert result.returncode == 0, result.stderr
     happiness = next(line for line in result.stdout.splitlines() if line.startswith("happiness"))
     assert happiness.count("#") == 2
+
+
+@pytest.mark.parametrize("scale", ["0", "1.5"])
+def test_recipe_refuses_a_scale_outside_0_1_before_any_work(tmp_path, scale):
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for name in ("train.npz", "val.npz", "train.blendshapes.npz", "val.blendshapes.npz"):
+        (faces / name).touch()
+    result = subprocess.run(
+        [sys.executable, "-m", "quantize.cli", "recipe", "default", "--faces", str(faces),
+         "--work", str(tmp_path / "w"), "--out", str(tmp_path / "b"), "--scale", scale],
+        capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2 and f"--scale {float(scale)}: must be in (0, 1]" in result.stderr, result.stderr
+    assert not (tmp_path / "w").exists() and not (tmp_path / "b").exists()

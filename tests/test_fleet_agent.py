@@ -383,8 +383,8 @@ class FakeDaemon:
             running, followed, pending = self.candidate, self.candidate, False
             if self.settling is not None and now < self.settling[0]:
                 # Still on the candidate from an earlier try, loading the rollback's bundle, then running it.
-                running = self.candidate if now < self.settling[0] / 2 else self.settling[1]
-                followed, pending = self.settling[1], now < self.settling[0] / 2
+                pending = now < self.settling[0] / 2
+                running, followed = (self.candidate if pending else self.settling[1]), self.settling[1]
             write_report(self.path, HealthReport(pid=os.getpid(), ts=time.time(), bundle_dir=running, build=2,
                                                  frames=frames, faces_inferred=faces, invalid_outputs=0,
                                                  frame_errors=errors, followed=followed, swap_pending=pending))

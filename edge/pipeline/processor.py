@@ -35,8 +35,12 @@ class FrameResult:
     record: ResultRecord
     faces: FrameFaces
     stage_ms: dict[str, float] = field(default_factory=dict)
-    invalid: int = 0  # faces dropped because the model gave non-finite outputs
-    held: tuple[int, ...] = ()  # their track ids: still in view, only without a result this frame
+    held: tuple[int, ...] = ()  # faces dropped for non-finite outputs: still in view, only without a result
+
+    @property
+    def invalid(self) -> int:
+        """Faces dropped because the model gave non-finite outputs (counted in the health report)."""
+        return len(self.held)
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,7 @@ class FrameProcessor:
                                            out.au_prob[i], out.au_active[i], out.fe_prob[i]))
         latency = (time.monotonic() - start) * 1e3
         record = result_record(self.device_id, self.bundle_ref, frame_id, entries, latency, epoch_s)
-        return FrameResult(record, faces, stage, len(held), tuple(held))
+        return FrameResult(record, faces, stage, tuple(held))
 
     def swap(self, runtime: ModelRuntime, config: SensorConfig | None = None) -> SwapOutcome:
         """Run `runtime` from the next frame: tracks and smoothing carried over when they keep their meaning.
