@@ -22,8 +22,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--blocks", default=None, help="residual blocks per stage, e.g. 1,1,1")
     d.add_argument("--stem-width", type=int, default=None)
     d.add_argument("--photo-fraction", type=float, default=None,
-                   help="share of each batch drawn from the real London photos (generated-data teachers)")
+                   help="share of each batch drawn from the real London photos of training people")
+    d.add_argument("--lr", type=float, default=None, help="peak FP32 learning rate")
+    d.add_argument("--photo-weight", type=float, default=None,
+                   help="share of the weight the London validation photos carry when the expression logit offsets "
+                        "are fitted on the validation split (0: no offsets; default 0.5)")
+    d.add_argument("--equal-weight", action="store_true",
+                   help="fit the offsets with every labelled validation face weighing the same (build 2 of the default "
+                        "bundle); excludes --photo-weight")
     d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--threads", type=int, default=None, help="PyTorch threads (default: all cores)")
     d.add_argument("--no-progress", action="store_true")
     d.set_defaults(func=_distill)
 
@@ -72,6 +80,9 @@ def load_teacher(run: Path):
 
 
 def _distill(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from edge.cli.app import CLIError
     from quantize.distill.loop import DistillSettings
 
     def ints(text: str | None) -> tuple[int, ...] | None:
@@ -79,9 +90,20 @@ def _distill(args: argparse.Namespace) -> int:
 
     given = {"fp32_steps": args.fp32_steps, "qat_steps": args.qat_steps, "batch": args.batch,
              "crop_size": args.crop_size, "widths": ints(args.widths), "blocks": ints(args.blocks),
-             "stem_width": args.stem_width, "photo_fraction": args.photo_fraction}
-    settings = DistillSettings(seed=args.seed, progress=not args.no_progress,
-                               **{k: v for k, v in given.items() if v is not None})
+             "stem_width": args.stem_width, "photo_fraction": args.photo_fraction, "lr": args.lr,
+             "fe_bias_photo_weight": args.photo_weight, "threads": args.threads}
+    if args.equal_weight and args.photo_weight is not None:
+        raise CLIError("distill: --equal-weight and --photo-weight exclude each other")
+    chosen = {k: v for k, v in given.items() if v is not None}
+    if args.equal_weight:
+        chosen["fe_bias_photo_weight"] = None
+    try:
+        settings = DistillSettings(seed=args.seed, progress=not args.no_progress, **chosen)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        option = {"fe_bias_photo_weight": "photo-weight"}.get(str(first["loc"][0]), str(first["loc"][0]))
+        raise CLIError(f"distill: --{option.replace('_', '-')}: {first['msg']}") from None
+    check_resumable(args.out, settings)
     run_distill(args.teacher, args.out, settings)
     return 0
 
@@ -247,11 +269,13 @@ def check_resumable(distill_run: Path, settings) -> None:
                        "delete it or pass another --work")
 
 
-# The default bundle's teacher and student (docs/recipe.md).
+# The default bundle's teacher and student (docs/recipe.md); RECIPE_BUILD goes up with every change to what the
+# recipe produces, so a fleet (and `bundle verify`) can tell the new built-in bundle from the last.
+RECIPE_BUILD = 3
 RECIPE_TEACHER_STEPS = 12000
 RECIPE_TEACHER = ["--config", "real", "--batch", "64", "--seed", "0", "--val-every", "1000", "--ckpt-every", "500"]
 RECIPE_STUDENT = {"widths": (64, 128, 256), "blocks": (1, 1, 1), "stem_width": 32, "fp32_steps": 6000,
-                  "qat_steps": 1500, "batch": 64, "lr": 2e-3, "photo_fraction": 0.0, "fe_bias_photo_weight": None,
+                  "qat_steps": 1500, "batch": 64, "lr": 2e-3, "photo_fraction": 0.1, "fe_bias_photo_weight": 0.25,
                   "seed": 0}
 
 
@@ -292,6 +316,6 @@ def _recipe(args: argparse.Namespace) -> int:
     print("recipe default: 3/3 export", flush=True)
     from edge import __version__
 
-    export_run(distill_run, out, "affect-default", __version__, 2, overwrite=True)
+    export_run(distill_run, out, "affect-default", __version__, RECIPE_BUILD, overwrite=True)
     print(f"recipe default: done in {(time.monotonic() - started) / 60:.1f} min")
     return 0

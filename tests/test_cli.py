@@ -37,3 +37,17 @@ def test_recipe_refuses_a_scale_outside_0_1_before_any_work(tmp_path, scale):
     )
     assert result.returncode == 2 and f"--scale {float(scale)}: must be in (0, 1]" in result.stderr, result.stderr
     assert not (tmp_path / "w").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--photo-weight", "2"], "distill: --photo-weight: Input should be less than or equal to 1"),
+    (["--lr", "0"], "distill: --lr: Input should be greater than 0"),
+    (["--photo-weight", "0.3", "--equal-weight"], "--equal-weight and --photo-weight exclude each other"),
+])
+def test_distill_refuses_bad_settings_before_any_work(tmp_path, options, message):
+    result = subprocess.run(
+        [sys.executable, "-m", "quantize.cli", "distill", "--teacher", str(tmp_path / "teacher"),
+         "--out", str(tmp_path / "d"), *options], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+    assert not (tmp_path / "d").exists()
