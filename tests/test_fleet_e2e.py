@@ -111,24 +111,20 @@ def applied_build(dev: Device) -> int | None:
     return None if applied is None else applied.build
 
 
+def health_until(dev: Device, check, timeout: float):
+    """The first health report that passes `check`, polled (the daemon rewrites it on its own schedule); None."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        h = dev.health()
+        if h is not None and check(h):
+            return h
+        time.sleep(0.1)
+    return None
+
+
 def wait_healthy(dev: Device, build: int, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        h = dev.health()
-        if h is not None and h.build == build and h.frames > 0 and h.age_s() < 3:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"{dev.name}: daemon not healthy on build {build}: {dev.health()}\n{dev.logs()}")
-
-
-def wait_frames_beyond(dev: Device, frames: int, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        h = dev.health()
-        if h is not None and h.frames > frames:
-            return True
-        time.sleep(0.1)
-    return False
+    if health_until(dev, lambda h: h.build == build and h.frames > 0 and h.age_s() < 3, timeout) is None:
+        raise AssertionError(f"{dev.name}: daemon not healthy on build {build}: {dev.health()}\n{dev.logs()}")
 
 
 def publish(port: int, device: str, doc: dict) -> None:
@@ -261,9 +257,8 @@ def test_bad_updates_are_refused_or_rolled_back_while_the_previous_bundle_keeps_
                 assert kept == ([f"{doc['sha256']}.tar.part"] if reason == "download_failed" else []), (name, kept)
                 before = dev.health().frames
                 wait_healthy(dev, 3)
-                # still processing frames (polled: the health file is rewritten on the daemon's own schedule,
-                # and a loaded CI box can let a fixed sleep pass between two writes)
-                assert wait_frames_beyond(dev, before), (name, before, dev.health())
+                # still processing frames (polled: on a loaded CI box a fixed sleep can fall between two writes)
+                assert health_until(dev, lambda h, n=before: h.frames > n, 15.0), (name, before, dev.health())
                 assert dev.health().bundle_dir == str(running), name
             assert dev.daemon.poll() is None and dev.agent.poll() is None
             log = (dev.dir / "daemon.log").read_text()
