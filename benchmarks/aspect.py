@@ -105,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     result = measure(processor, photos)
     holdout = set(london_split([p.stem.split("_")[0] for p in photos]).holdout)
     result["holdout"] = summarize([r for r in result["rows"] if r["photo"].split("_")[0] in holdout])
+    # the people a recipe may choose on (training and validation people): never the holdout
+    result["not_holdout"] = summarize([r for r in result["rows"] if r["photo"].split("_")[0] not in holdout])
     m = processor.bundle.manifest
     if args.json:
         print(json.dumps({"machine": machine(), "bundle": f"{m.name} {m.version} build {m.build}", **result},
@@ -113,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     lines = [machine_line(machine()), f"bundle: {m.name} {m.version} (build {m.build}, created {m.created})"]
     lines += table(result["summary"], f"top expression changed by an aspect change, {len(photos)} London photos:")
     lines += table(result["holdout"], "the holdout people only (never trained on):")
+    lines += table(result["not_holdout"], "the other people (training and validation; what a recipe may choose on):")
     print("\n".join(lines))
     return 0
 

@@ -2,7 +2,9 @@
 
 Detectors (all on the CPU, one thread each):
 
-- `scan-full`: the shipped multi-scale scan (edge/detection/scan.py) with MediaPipe's full-range BlazeFace;
+- `scan-retina`: the multi-scale scan (edge/detection/scan.py) with RetinaFace-MobileNet0.25
+  (edge/detection/retinaface.py);
+- `scan-full`: the same scan with MediaPipe's full-range BlazeFace;
 - `scan-short`: the same scan with the short-range BlazeFace;
 - `short-whole`: the short-range BlazeFace on the whole frame letterboxed into 128x128 (the detector before issue 17);
 - `haar`: OpenCV's stock `haarcascade_frontalface_default.xml`, `detectMultiScale` with OpenCV's defaults
@@ -39,10 +41,11 @@ import numpy as np
 
 from edge.detection.blazeface import FULL_RANGE, SHORT_RANGE, BlazeFaceDetector
 from edge.detection.nms import iou_one_to_many
+from edge.detection.retinaface import RETINAFACE
 from edge.detection.scan import MultiScaleDetector
 
 BANDS = (16, 24, 32, 48, 64, 96, 10_000)
-DETECTORS = ("scan-full", "scan-short", "short-whole", "haar")
+DETECTORS = ("scan-retina", "scan-full", "scan-short", "short-whole", "haar")
 
 
 @dataclass
@@ -97,10 +100,11 @@ def make_detectors(min_face_px: float, score: float) -> dict[str, Any]:
                     np.array([d.score for d in found], np.float32))
         return run
 
+    retina = MultiScaleDetector(RETINAFACE, min_face_px=min_face_px, score_threshold=score)
     full = MultiScaleDetector(FULL_RANGE, min_face_px=min_face_px, score_threshold=score)
     short = MultiScaleDetector(SHORT_RANGE, min_face_px=min_face_px, score_threshold=score)
     whole = BlazeFaceDetector(score_threshold=score)
-    return {"scan-full": blaze(full.detect), "scan-short": blaze(short.detect),
+    return {"scan-retina": blaze(retina.detect), "scan-full": blaze(full.detect), "scan-short": blaze(short.detect),
             "short-whole": blaze(whole.detect), "haar": Haar().boxes}
 
 
@@ -169,16 +173,20 @@ def time_table(repeats: int, min_face_px: float, slices: int, photos: Path | Non
 
     pairs = load_photo_pairs(photos)
     lines = ["time per call, ms (median [p90] of repeats; multi-face demo scene, 1 thread each):",
-             f"  {'frame':<11}{'faces':>6}{'slices':>7}{'scan-full run':>18}{'scan-full sweep':>18}"
-             f"{'scan-short run':>18}{'short-whole':>16}{'haar':>16}"]
+             f"  {'frame':<11}{'faces':>6}{'slices':>7}{'scan-retina run':>18}{'scan-retina sweep':>18}"
+             f"{'scan-full run':>18}{'scan-full sweep':>18}{'scan-short run':>18}{'short-whole':>16}{'haar':>16}"]
     for width, height, count in ((640, 480, 1), (640, 480, 4), (1920, 1080, 4), (1920, 1080, 16)):
         frame = render_scene(pairs, SceneSpec(width, height, count), 0.0)
+        retina = MultiScaleDetector(RETINAFACE, min_face_px=min_face_px, slices=slices)
         full = MultiScaleDetector(FULL_RANGE, min_face_px=min_face_px, slices=slices)
         short = MultiScaleDetector(SHORT_RANGE, min_face_px=min_face_px, slices=slices)
         tracks = [d.box for d in full.run(frame)]  # the first run: a whole sweep
         short.run(frame)
+        retina.run(frame)
         whole, haar = BlazeFaceDetector(), Haar()
-        runs = {"full run": lambda f=full, x=frame, b=tracks: f.run(x, b),
+        runs = {"retina run": lambda f=retina, x=frame, b=tracks: f.run(x, b),
+                "retina sweep": lambda f=retina, x=frame: f.detect(x),
+                "full run": lambda f=full, x=frame, b=tracks: f.run(x, b),
                 "full sweep": lambda f=full, x=frame: f.detect(x),
                 "short run": lambda s=short, x=frame, b=tracks: s.run(x, b),
                 "whole": lambda w=whole, x=frame: w.detect(x), "haar": lambda h=haar, x=frame: h.boxes(x)}
@@ -189,10 +197,11 @@ def time_table(repeats: int, min_face_px: float, slices: int, photos: Path | Non
                 run()
                 times[key].append((time.perf_counter() - start) * 1e3)
         cells = "".join(f"{np.median(times[k]):>10.1f} [{np.percentile(times[k], 90):>5.1f}]" for k in runs)
-        lines.append(f"  {width}x{height:<6}{count:>6}{len(full.plan(width, height)):>7}{cells}")
+        plans = f"{len(retina.plan(width, height))}/{len(full.plan(width, height))}"
+        lines.append(f"  {width}x{height:<6}{count:>6}{plans:>7}{cells}")
     lines.append("  (run: one sweep slice plus a window around each of the scene's faces, what the daemon pays every "
-                 f"every_k_frames; sweep: every slice at once; min_face_px {min_face_px:g}; the detector's first run "
-                 "sweeps everything and is not counted)")
+                 f"every_k_frames; sweep: every slice at once; slices: retina/full; min_face_px {min_face_px:g}; the "
+                 "detector's first run sweeps everything and is not counted)")
     return lines
 
 

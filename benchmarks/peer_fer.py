@@ -2,9 +2,9 @@
 
 Both models see the same faces of people the bundle never trained on (London
 set, `quantize.data.london.london_split`): one shared detection per photo
-(the shipped BlazeFace detector and the device's face gate, largest face), then
+(the configured default detector and the device's face gate, largest face), then
 
-- ours: the device path, five-point alignment to the bundle's crop (112 px built in),
+- ours: the device path, five-point alignment to the bundle's crop (48 px grey built in),
   the bundle's CPU INT8 graph on onnxruntime, the NumPy semantic head (no
   smoothing);
 - the peer: `fer`'s own crop procedure from the same box (whole image to
@@ -246,6 +246,7 @@ class OwnModel:
                                     f"model.threads={threads}", 'model.backend="onnxruntime"'])
         self.bundle = resolve_bundle(bundle_dir)
         self.processor = FrameProcessor(self.bundle, config, "peer-bench")
+        self.detector = config.detection.detector
         self.labels = self.bundle.manifest.label_space
         self.happy = self.labels.expressions.index("happiness")
         self.threads = threads
@@ -415,6 +416,7 @@ def evaluate(bundle_dir: Path | None, london: Path, people: str = "holdout", thr
         "people": len({p.person for p in photos}),
         "photos": len(photos),
         "faces": len(faces),
+        "detector": ours.detector,
         "missed_by_shared_detector": missed,
         "bundle": {"name": m.name, "version": m.version, "build": m.build, "created": str(m.created),
                    "path": str(bundle_path), "graph": cpu_graph.name if cpu_graph else None,
@@ -431,7 +433,7 @@ def evaluate(bundle_dir: Path | None, london: Path, people: str = "holdout", thr
         "auc_difference_ours_minus_peer": paired_auc_bootstrap(rows_ours, rows_peer),
         "latency_ms_per_face": lat,
         "latency_repeats": repeats,
-        "detection_ms_per_photo": {"blazeface_shared": latency_summary(detect_ms),
+        "detection_ms_per_photo": {"shared": latency_summary(detect_ms),
                                    "haar_fer_default": latency_summary(haar_ms)},
         "speed_ratio_peer_over_ours": {
             "model": lat["peer_model"]["p50"] / lat["ours_model"]["p50"],
@@ -568,7 +570,7 @@ def render(r: dict[str, Any]) -> str:
         f"  ours, parts: crop (align) {lat['ours_crop']['p50']:.3f}, tensor {lat['ours_tensor']['p50']:.3f}, "
         f"graph {lat['ours_graph_only']['p50']:.3f}, head {lat['ours_head']['p50']:.3f}; "
         f"peer crop (grey+pad+resize) {lat['peer_crop']['p50']:.3f}",
-        f"  detection per photo (not in the above): shared BlazeFace {_lat(det['blazeface_shared'])}, "
+        f"  detection per photo (not in the above): shared {r['detector']} {_lat(det['shared'])}, "
         f"fer's Haar {_lat(det['haar_fer_default'])}",
     ]
     if "fer_source_check" in r:

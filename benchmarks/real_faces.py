@@ -237,9 +237,9 @@ def main(argv: list[str] | None = None) -> int:
     m = runner.ours.bundle.manifest
     print(f"{machine_line(machine())}")
     print(f"bundle: {m.name} {m.version} build {m.build} ({m.input.crop_size} px {m.input.color_order}); "
-          f"peer: fer {runner.peer.path.name}")
+          f"detector: {runner.ours.detector}; peer: fer {runner.peer.path.name}")
     report: dict[str, Any] = {"bundle": {"name": m.name, "version": m.version, "build": m.build,
-                                         "created": str(m.created)}, "sets": {}}
+                                         "created": str(m.created)}, "detector": runner.ours.detector, "sets": {}}
     for name, items in sets:
         scored = runner.run(name, items)
         result = summarise(scored, classes, aus)

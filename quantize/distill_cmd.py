@@ -30,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--equal-weight", action="store_true",
                    help="fit the offsets with every labelled validation face weighing the same (build 2 of the default "
                         "bundle); excludes --photo-weight")
+    d.add_argument("--balanced-offsets", action="store_true", default=None,
+                   help="fit the offsets with each expression class weighing the same (for macro recall, UAR)")
+    d.add_argument("--teacher-true-aspect", action="store_true", default=None,
+                   help="show the teacher each training face without the augmentation's aspect change")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=None, help="PyTorch threads (default: all cores)")
     d.add_argument("--no-progress", action="store_true")
@@ -91,7 +95,8 @@ def _distill(args: argparse.Namespace) -> int:
     given = {"fp32_steps": args.fp32_steps, "qat_steps": args.qat_steps, "batch": args.batch,
              "crop_size": args.crop_size, "widths": ints(args.widths), "blocks": ints(args.blocks),
              "stem_width": args.stem_width, "photo_fraction": args.photo_fraction, "lr": args.lr,
-             "fe_bias_photo_weight": args.photo_weight, "threads": args.threads}
+             "fe_bias_photo_weight": args.photo_weight, "fe_bias_balanced": args.balanced_offsets,
+             "teacher_true_aspect": args.teacher_true_aspect, "threads": args.threads}
     if args.equal_weight and args.photo_weight is not None:
         raise CLIError("distill: --equal-weight and --photo-weight exclude each other")
     chosen = {k: v for k, v in given.items() if v is not None}
@@ -271,12 +276,12 @@ def check_resumable(distill_run: Path, settings) -> None:
 
 # The default bundle's teacher and student (docs/recipe.md); RECIPE_BUILD goes up with every change to what the
 # recipe produces, so a fleet (and `bundle verify`) can tell the new built-in bundle from the last.
-RECIPE_BUILD = 3
+RECIPE_BUILD = 4
 RECIPE_TEACHER_STEPS = 12000
 RECIPE_TEACHER = ["--config", "real", "--batch", "64", "--seed", "0", "--val-every", "1000", "--ckpt-every", "500"]
 RECIPE_STUDENT = {"widths": (64, 128, 256), "blocks": (1, 1, 1), "stem_width": 32, "fp32_steps": 6000,
-                  "qat_steps": 1500, "batch": 64, "lr": 2e-3, "photo_fraction": 0.1, "fe_bias_photo_weight": 0.25,
-                  "seed": 0}
+                  "qat_steps": 1500, "batch": 64, "lr": 2e-3, "photo_fraction": 0.2, "fe_bias_photo_weight": 0.25,
+                  "fe_bias_balanced": True, "teacher_true_aspect": True, "seed": 0}
 
 
 def _recipe(args: argparse.Namespace) -> int:

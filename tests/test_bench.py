@@ -90,7 +90,7 @@ def test_sensor_bench_room_reports_cpu_at_the_source_rate(tiny_bundle):
     assert paced["cpu_ms_per_frame"] > 0 and 0 < paced["cpu_percent_of_core"] < 100 * (r["machine"]["cores"] + 1)
     assert paced["wall_s"] >= 9 / 20  # it really waited for the frames
     assert paced["feeder_cpu_ms_per_frame"] > 0  # rendering the room is kept out of the figure
-    assert "full-range" in r["detector"] and "spinning" in r["backend"]
+    assert "RetinaFace scan" in r["detector"] and "spinning" in r["backend"]
 
 
 def test_sensor_bench_rejects_bad_counts(tiny_bundle):

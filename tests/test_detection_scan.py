@@ -11,6 +11,7 @@ import pytest
 from edge.detection.anchors import grid_anchors, ssd_anchor_centres
 from edge.detection.blazeface import FULL_RANGE, SHORT_RANGE, BlazeFaceDetector, BlazeFaceNet
 from edge.detection.nms import iou_one_to_many
+from edge.detection.retinaface import RETINAFACE
 from edge.detection.scan import MultiScaleDetector, scan_plan, split_slices
 
 LONDON = Path(__file__).resolve().parents[2] / "shared" / "data" / "london_faces"
@@ -26,9 +27,10 @@ def photos() -> list[np.ndarray]:
     return [cv2.imread(str(p))[100:575, 100:575] for p in paths[::5]]  # 28 photos, neutral and smiling, cropped
 
 
-@pytest.fixture(scope="module")
-def full() -> MultiScaleDetector:
-    return MultiScaleDetector(FULL_RANGE, min_face_px=24, score_threshold=0.5)
+@pytest.fixture(scope="module", params=[FULL_RANGE, RETINAFACE], ids=lambda m: m.name)
+def full(request) -> MultiScaleDetector:
+    """The scan with each shipped scan model (BlazeFace full range, RetinaFace)."""
+    return MultiScaleDetector(request.param, min_face_px=24, score_threshold=0.5)
 
 
 def paste_faces(photos: list[np.ndarray], width: int, height: int, face_heights: list[float],

@@ -37,6 +37,15 @@ def test_add_metrics_rebuilds_the_bundle_with_the_report(tiny_bundle: Path, tmp_
     assert measured[OURS].values["auc_AU12<->happiness"] == 0.97 and "recall_fear" not in measured[OURS].values
     assert "AU12" not in " ".join(measured[PEER].values)  # AU sanity is ours only
     assert add_metrics(bundle, report) == 2 and len(read_bundle(bundle).manifest.metrics) == len(after.metrics)
+    # re-measured with another detector (another face count): the set's entries are replaced, not added to
+    again = _report(str(before.created))
+    again["detector"] = "retinaface"
+    again["sets"]["FER2013 private (original labels)"]["faces_found"] = 95
+    report.write_text(json.dumps(again))
+    assert add_metrics(bundle, report) == 2
+    final = read_bundle(bundle).manifest.metrics
+    assert len(final) == len(after.metrics)
+    assert [m.data for m in final if m.model == OURS][-1].endswith("95 faces found by the device detector (retinaface)")
 
 
 def test_a_report_of_another_bundle_is_refused(tiny_bundle: Path, tmp_path: Path) -> None:

@@ -37,6 +37,21 @@ def test_onnxruntime_backend_passes_selftest(tiny_bundle):
     assert result.faces == 4 and result.face_problem is None
 
 
+def test_single_faces_take_the_one_thread_session_with_the_same_numbers(tiny_bundle):
+    """With threads > 1 one face runs on a one-thread session; its features equal the batched session's."""
+    bundle = read_bundle(tiny_bundle)
+    backend = OnnxRuntimeBackend(bundle, threads=2, use_cuda=False, spin_wait=False)
+    assert backend.single is not backend.session and "1 for a single face" in backend.describe()
+    spec = bundle.manifest.input
+    images = np.random.default_rng(0).random((2, spec.channels, spec.crop_size, spec.crop_size), dtype=np.float32)
+    both = backend.infer(images)
+    first = backend.infer(images[:1])
+    np.testing.assert_allclose(first.f, both.f[:1], rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(first.g, both.g[:1], rtol=1e-4, atol=1e-4)
+    one_thread = OnnxRuntimeBackend(bundle, threads=1, use_cuda=False)
+    assert one_thread.single is one_thread.session and "single face" not in one_thread.describe()
+
+
 def test_selftest_refuses_a_model_that_fails_only_on_real_faces(tiny_bundle, tmp_path):
     """Exact on its golden tensors, NaN on every camera face: the real-face step of the self-test catches it."""
     broken = variant(tiny_bundle, tmp_path / "nan", build=5, replace=nan_on_real_faces(tiny_bundle))

@@ -98,7 +98,8 @@ def _describe_detector(config) -> str:
     if d.detector == "whole_frame":
         return f"short-range BlazeFace on the whole frame, every {d.every_k_frames} frames"
     slices = d.scan_slices or "auto"
-    return (f"{d.detector.replace('_', '-')} BlazeFace scan down to {d.min_face_px} px faces, one of "
+    model = "RetinaFace" if d.detector == "retinaface" else f"{d.detector.replace('_', '-')} BlazeFace"
+    return (f"{model} scan down to {d.min_face_px} px faces, one of "
             f"{slices} slices plus a window per track every {d.every_k_frames} frames")
 
 

@@ -76,7 +76,7 @@ class SourceConfig(Section):
 class DetectionConfig(Section):
     """Face detection and tracking (docs/capture.md): which detector, how small, how many, how often."""
 
-    detector: Literal["full_range", "short_range", "whole_frame"] = "full_range"
+    detector: Literal["retinaface", "full_range", "short_range", "whole_frame"] = "retinaface"
     every_k_frames: int = Field(default=3, ge=1, le=300)
     scan_slices: int = Field(default=0, ge=0, le=256, description="detector runs a sweep spreads over; 0: auto")
     min_face_px: int = Field(default=32, ge=8)

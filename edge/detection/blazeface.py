@@ -31,7 +31,7 @@ import numpy as np
 from edge.alignment import TEMPLATE_112
 from edge.detection.anchors import grid_anchors
 from edge.detection.faces import Detection
-from edge.detection.nms import weighted_nms
+from edge.detection.nms import inside_better, weighted_nms
 
 MODELS = Path(__file__).parent / "models"
 # Half mouth width over eye distance in the alignment template (~0.41).
@@ -42,12 +42,16 @@ _HALF_MOUTH_PER_EYE = float(
 
 @dataclass(frozen=True)
 class BlazeFaceModel:
-    """One shipped BlazeFace graph: its file, training input size and anchor grids (stride, anchors per cell)."""
+    """One shipped BlazeFace graph: its file, training input size and anchor grids (stride, anchors per cell).
+
+    `face_px`: the face height at the model's input that the multi-scale scan aims for (measured: ~16 px is
+    the floor)."""
 
     name: str
     file: str
     input_size: int
     layers: tuple[tuple[int, int], ...]
+    face_px: float = 20.0
 
     @property
     def path(self) -> Path:
@@ -64,8 +68,9 @@ def default_model_path() -> Path:
     return SHORT_RANGE.path
 
 
-def ort_detector_session(path: Path, threads: int):
-    """A CPU session that sleeps between calls (no spinning): the detector runs every few frames."""
+def open_detector_graph(path: Path, threads: int):
+    """(session, input name, output names) of a CPU session that sleeps between calls (no spinning): the
+    detector runs every few frames."""
     import onnxruntime as ort
 
     if not path.is_file():
@@ -74,7 +79,8 @@ def ort_detector_session(path: Path, threads: int):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return session, session.get_inputs()[0].name, [o.name for o in session.get_outputs()]
 
 
 def to_input(images_bgr: list[np.ndarray]) -> np.ndarray:
@@ -84,16 +90,19 @@ def to_input(images_bgr: list[np.ndarray]) -> np.ndarray:
 
 
 def five_points(keypoints: np.ndarray) -> np.ndarray:
-    """BlazeFace's (6, 2) keypoints -> the template's five points (mouth corners placed on the mouth line)."""
-    eye_a, eye_b, nose, mouth = keypoints[0], keypoints[1], keypoints[2], keypoints[3]
-    left, right = (eye_a, eye_b) if eye_a[0] <= eye_b[0] else (eye_b, eye_a)
+    """BlazeFace's (N, 6, 2) keypoints -> the template's (N, 5, 2) points (mouth corners placed on the mouth
+    line)."""
+    eye_a, eye_b, nose, mouth = keypoints[:, 0], keypoints[:, 1], keypoints[:, 2], keypoints[:, 3]
+    a_left = (eye_a[:, 0] <= eye_b[:, 0])[:, None]
+    left, right = np.where(a_left, eye_a, eye_b), np.where(a_left, eye_b, eye_a)
     half = (right - left) * _HALF_MOUTH_PER_EYE
-    return np.stack([left, right, nose, mouth - half, mouth + half]).astype(np.float32)
+    return np.stack([left, right, nose, mouth - half, mouth + half], axis=1).astype(np.float32)
 
 
 @dataclass(frozen=True)
 class RawFaces:
-    """Candidates of one input image, in that image's pixels, before NMS: boxes xyxy, scores, (N, 6, 2) keypoints."""
+    """Candidates of one input image, in that image's pixels, before NMS: boxes xyxy, scores, (N, 5, 2) landmarks
+    in LANDMARK_NAMES order (every detector model maps its own keypoints to those five when it decodes)."""
 
     boxes: np.ndarray
     scores: np.ndarray
@@ -101,7 +110,7 @@ class RawFaces:
 
     @staticmethod
     def empty() -> RawFaces:
-        return RawFaces(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 6, 2), np.float32))
+        return RawFaces(np.zeros((0, 4), np.float32), np.zeros(0, np.float32), np.zeros((0, 5, 2), np.float32))
 
     def mapped(self, scale: float, offset_x: float, offset_y: float) -> RawFaces:
         """Back to frame pixels: frame = input / scale + offset."""
@@ -118,12 +127,14 @@ class RawFaces:
 
 
 def merge(raw: RawFaces, iou_threshold: float) -> list[Detection]:
-    """Weighted NMS over candidates already in frame pixels -> detections, best first."""
+    """Weighted NMS over candidates already in frame pixels, then no box mostly inside a better one ->
+    detections, best first."""
     if not len(raw.scores):
         return []
     boxes, scores, points = weighted_nms(raw.boxes, raw.scores, raw.points, iou_threshold)
-    return [Detection(box=b, score=float(s), landmarks=five_points(p))
-            for b, s, p in zip(boxes, scores, points, strict=True)]
+    keep = inside_better(boxes, scores)
+    return [Detection(box=b, score=float(s), landmarks=p)
+            for b, s, p in zip(boxes[keep], scores[keep], points[keep], strict=True)]
 
 
 class BlazeFaceNet:
@@ -133,13 +144,15 @@ class BlazeFaceNet:
                  model_path: Path | None = None) -> None:
         path = Path(model_path) if model_path is not None else model.path
         self.model, self.score_threshold = model, score_threshold
-        self._session = ort_detector_session(path, threads)
-        self._input = self._session.get_inputs()[0].name
-        outputs = [o.name for o in self._session.get_outputs()]
+        self._session, self._input, outputs = open_detector_graph(path, threads)
         if len(outputs) != 2:
             raise ValueError(f"{path}: expected two outputs (regressors, classificators), got {outputs}")
         self._outputs = sorted(outputs, key=lambda n: "class" in n)  # regressors first
         self._anchors: dict[tuple[int, int], np.ndarray] = {}
+
+    @staticmethod
+    def prepare(images_bgr: list[np.ndarray]) -> np.ndarray:
+        return to_input(images_bgr)
 
     def run(self, batch: np.ndarray) -> list[RawFaces]:
         """NHWC float32 batch (H, W divisible by 32) -> candidates per image, in that input's pixels."""
@@ -161,8 +174,8 @@ class BlazeFaceNet:
         centre = raw[:, :2] + anchors
         half = raw[:, 2:4] / 2
         boxes = np.concatenate([centre - half, centre + half], axis=1)
-        points = raw[:, 4:16].reshape(-1, 6, 2) + anchors[:, None, :]
-        return RawFaces(boxes.astype(np.float32), scores.astype(np.float32), points.astype(np.float32))
+        points = five_points(raw[:, 4:16].reshape(-1, 6, 2) + anchors[:, None, :])
+        return RawFaces(boxes.astype(np.float32), scores.astype(np.float32), points)
 
 
 def _logit(p: float) -> float:

@@ -45,11 +45,11 @@ from edge.detection.blazeface import (
     check_frame,
     letterbox,
     merge,
-    to_input,
 )
 from edge.detection.faces import Detection
+from edge.detection.retinaface import RetinaFaceModel, RetinaFaceNet
 
-FACE_INPUT_PX = 20.0  # face box height at the model's input that the scan aims for (measured: ~16 px is the floor)
+FACE_INPUT_PX = 20.0  # BlazeFace's `face_px`: the face height at the model's input the scan aims for
 LEVEL_RATIO = 2.0  # scale step between pyramid levels (a level sees faces of 20-40 px at its input, and more)
 TRACK_WINDOW = 2.5  # track window side, in face heights: room for 3 frames of motion the tracker did not predict
 WINDOW_INPUT = 96  # track windows are resized to this: a face of ~38 px at the model, well inside its range
@@ -96,11 +96,11 @@ def _spans(length: int, span: int, overlap: int) -> list[tuple[int, int]]:
 
 
 def scan_plan(width: int, height: int, min_face_px: float, input_size: int,
-              tile_px: int = TILE_PX) -> list[list[Tile]]:
+              tile_px: int = TILE_PX, face_px: float = FACE_INPUT_PX) -> list[list[Tile]]:
     """Tiles per pyramid level, finest first. The coarsest level is the whole frame in one input of ~input_size."""
     coarsest = min(1.0, input_size / max(width, height))
     scales = []
-    scale = min(MAX_UPSCALE, FACE_INPUT_PX / max(min_face_px, 1.0))
+    scale = min(MAX_UPSCALE, face_px / max(min_face_px, 1.0))
     while scale > coarsest * 1.25:
         scales.append(scale)
         scale /= LEVEL_RATIO
@@ -108,7 +108,7 @@ def scan_plan(width: int, height: int, min_face_px: float, input_size: int,
     levels = []
     for level, scale in enumerate(scales):
         # the largest face this level must find whole (bigger ones are a coarser level's), with a margin
-        overlap = math.ceil(FACE_INPUT_PX * LEVEL_RATIO * 1.5 / scale)
+        overlap = math.ceil(face_px * LEVEL_RATIO * 1.5 / scale)
         span = math.ceil(tile_px / scale) + overlap
         last = level == len(scales) - 1
         rows = [(0, height)] if last else _spans(height, span, overlap)
@@ -145,12 +145,13 @@ def track_window(box: np.ndarray) -> tuple[float, float, float]:
 class MultiScaleDetector:
     """Pyramid + tiles + round-robin slices + windows around tracks. One instance per camera (it keeps the slice)."""
 
-    def __init__(self, model: BlazeFaceModel = FULL_RANGE, min_face_px: float = 32, slices: int = 0,
-                 score_threshold: float = 0.5, iou_threshold: float = 0.3, threads: int = 1,
+    def __init__(self, model: BlazeFaceModel | RetinaFaceModel = FULL_RANGE, min_face_px: float = 32,
+                 slices: int = 0, score_threshold: float = 0.5, iou_threshold: float = 0.3, threads: int = 1,
                  near: BlazeFaceModel | None = SHORT_RANGE, near_score_threshold: float = 0.6) -> None:
         if slices < 0:
             raise ValueError(f"slices must be >= 0 (0: as many as keep each run near SLICE_PX), got {slices}")
-        self.net = BlazeFaceNet(model, score_threshold, threads)
+        net = RetinaFaceNet if isinstance(model, RetinaFaceModel) else BlazeFaceNet
+        self.net: BlazeFaceNet | RetinaFaceNet = net(model, score_threshold, threads)
         # whole-frame pass and track windows (None: the scan's own model does those too)
         self.near = (BlazeFaceNet(near, max(score_threshold, near_score_threshold), threads)
                      if near is not None and near != model else None)
@@ -167,12 +168,13 @@ class MultiScaleDetector:
         """The sweep for this frame size, split into `slices` parts (cached per size)."""
         key = (width, height)
         if key not in self._plans:
-            size = self.net.model.input_size
-            slices = self.slices or math.ceil(
-                sum(t.cost for level in scan_plan(width, height, self.min_face_px, size) for t in level) / SLICE_PX)
+            size, face_px = self.net.model.input_size, self.net.model.face_px
+            slices = self.slices or math.ceil(sum(
+                t.cost for level in scan_plan(width, height, self.min_face_px, size, face_px=face_px)
+                for t in level) / SLICE_PX)
             # small tiles split evenly but overlap more: the cheapest sweep whose dearest run stays near the
             # budget, else the plan with the cheapest dearest run
-            candidates = [split_slices(scan_plan(width, height, self.min_face_px, size, tile_px), slices)
+            candidates = [split_slices(scan_plan(width, height, self.min_face_px, size, tile_px, face_px), slices)
                           for tile_px in (TILE_PX, TILE_PX * 3 // 4, TILE_PX // 2)]
             dearest = [max(sum(t.cost for t in p) for p in parts) for parts in candidates]
             total = [sum(t.cost for p in parts for t in p) for parts in candidates]
@@ -229,7 +231,7 @@ class MultiScaleDetector:
                 canvas[:part.shape[0], :part.shape[1]] = part
                 images.append(canvas)
             self.last_inputs += in_h * in_w * len(images)
-            for t, raw in zip(group, self.net.run(to_input(images)), strict=True):
+            for t, raw in zip(group, self.net.run(self.net.prepare(images)), strict=True):
                 out.append(_drop_cut(raw.mapped(t.scale, t.x0, t.y0), t, margin=2.0 / t.scale))
         return out
 
@@ -257,7 +259,7 @@ class MultiScaleDetector:
             windows.append((scale, x0, y0))
         self.last_inputs += size * size * len(images)
         return [raw.mapped(scale, x0, y0)
-                for (scale, x0, y0), raw in zip(windows, net.run(to_input(images)), strict=True)]
+                for (scale, x0, y0), raw in zip(windows, net.run(net.prepare(images)), strict=True)]
 
 
 def _interpolation(scale: float) -> int:

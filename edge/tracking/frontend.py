@@ -20,6 +20,7 @@ from edge.alignment import align_face, template_for
 from edge.config.models import DetectionConfig
 from edge.detection.blazeface import FULL_RANGE, SHORT_RANGE, BlazeFaceDetector
 from edge.detection.faces import Detection, FaceGate, GateStats
+from edge.detection.retinaface import RETINAFACE
 from edge.detection.scan import MultiScaleDetector
 from edge.tracking.iou_tracker import IoUTracker
 
@@ -38,7 +39,7 @@ def open_detector(config: DetectionConfig, threads: int = 1) -> FaceDetector:
     """The detector `config.detector` names, with the shipped model (offline, inside the package)."""
     if config.detector == "whole_frame":
         return BlazeFaceDetector(score_threshold=min(0.5, config.score_threshold), threads=threads)
-    model = FULL_RANGE if config.detector == "full_range" else SHORT_RANGE
+    model = {"retinaface": RETINAFACE, "full_range": FULL_RANGE, "short_range": SHORT_RANGE}[config.detector]
     return MultiScaleDetector(model, min_face_px=config.min_face_px, slices=config.scan_slices,
                               score_threshold=min(0.5, config.score_threshold), threads=threads)
 

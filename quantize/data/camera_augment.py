@@ -40,8 +40,9 @@ class CameraAugment:
     jpeg_quality: tuple[int, int] = (15, 80)
     occlude_p: float = 0.12
 
-    def warp(self, size: int, context: int, rng: np.random.Generator) -> tuple[np.ndarray, bool]:
-        """3x3 homography from context-crop pixels to the size x size output, and whether to flip."""
+    def warp(self, size: int, context: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, bool]:
+        """3x3 homographies from context-crop pixels to the size x size output (with the aspect draw, and the
+        same warp at the true aspect), and whether to flip."""
         c_in, c_out = (context - 1) / 2.0, (size - 1) / 2.0
         # output = T(c_out + shift) . R(roll) . S(zoom * aspect) . H(pose) . T(-c_in)
         ang = np.deg2rad(rng.uniform(-self.roll_deg, self.roll_deg))
@@ -54,16 +55,42 @@ class CameraAugment:
             pose = _plane_rotation(np.deg2rad(rng.uniform(-self.yaw_deg, self.yaw_deg)),
                                    np.deg2rad(rng.uniform(-self.pitch_deg, self.pitch_deg)), focal=1.6 * context)
         to_centre = np.array([[1, 0, -c_in], [0, 1, -c_in], [0, 0, 1.0]])
-        affine = np.array([[np.cos(ang) * sx, -np.sin(ang) * sy, c_out + tx],
-                           [np.sin(ang) * sx, np.cos(ang) * sy, c_out + ty], [0, 0, 1.0]])
-        return affine @ pose @ to_centre, bool(rng.random() < self.flip)
+
+        def affine(sx: float, sy: float) -> np.ndarray:
+            return np.array([[np.cos(ang) * sx, -np.sin(ang) * sy, c_out + tx],
+                             [np.sin(ang) * sx, np.cos(ang) * sy, c_out + ty], [0, 0, 1.0]])
+
+        flip = bool(rng.random() < self.flip)
+        return affine(sx, sy) @ pose @ to_centre, affine(zoom, zoom) @ pose @ to_centre, flip
 
     def __call__(self, crop: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
         """A grey uint8 context crop (C x C) -> an augmented size x size uint8 model input."""
-        matrix, flip = self.warp(size, crop.shape[0], rng)
+        matrix, _, flip = self.warp(size, crop.shape[0], rng)
+        return self._sensor(self._place(crop, matrix, size, flip), rng)
+
+    def with_true_aspect(self, crop: np.ndarray, size: int,
+                         rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(the augmented input, the same draws without the aspect change).
+
+        A distillation teacher shown the second reads the face as it is, so the student learns to give a
+        squeezed face the unsqueezed face's answer instead of copying the teacher's own aspect sensitivity.
+        The first is bit-identical to `__call__` with the same generator state, and the generator ends in the
+        same state: the sensor draws never depend on pixel values, so replaying them gives the same draws.
+        """
+        matrix, true_matrix, flip = self.warp(size, crop.shape[0], rng)
+        replay = rng.bit_generator.state
+        true_aspect = self._sensor(self._place(crop, true_matrix, size, flip), rng)
+        rng.bit_generator.state = replay
+        return self._sensor(self._place(crop, matrix, size, flip), rng), true_aspect
+
+    @staticmethod
+    def _place(crop: np.ndarray, matrix: np.ndarray, size: int, flip: bool) -> np.ndarray:
         out = cv2.warpPerspective(crop, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
-        if flip:
-            out = out[:, ::-1]
+        return out[:, ::-1] if flip else out
+
+    def _sensor(self, out: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """What a sensor does to a small, far or badly lit face, and occluders."""
+        size = out.shape[0]
         if rng.random() < self.occlude_p:
             out = _occlude(out, rng)
         x = out.astype(np.float32)

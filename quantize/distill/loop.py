@@ -61,10 +61,17 @@ class DistillSettings(BaseModel):
     # Share of each batch drawn from the real London photos of training people (the rest: generated faces).
     photo_fraction: float = Field(default=0.25, ge=0, lt=1)
     geometric_jitter: bool = True  # small random similarity warps (detector alignment noise on real photos)
+    # The teacher reads each face at its true aspect while the student sees it squeezed or stretched (the
+    # camera augmentation's aspect draw): the student learns the aspect-free answer, not the teacher's own
+    # aspect sensitivity (docs/quantization.md). Real-face (grey) caches only.
+    teacher_true_aspect: bool = False
     # Weight of the validation people's real photos (vs generated validation faces) when fitting the
     # expression logit offsets on the validation split (0 disables the offsets; None: every labelled
     # validation face weighs the same, for real-face data where photos are the bulk).
     fe_bias_photo_weight: float | None = Field(default=0.5, ge=0, le=1)
+    # Each expression class weighs the same in that fit (within photos and within the rest), so the offsets
+    # serve macro recall (UAR) rather than the majority classes of FER2013.
+    fe_bias_balanced: bool = False
     progress: bool = True
     threads: int | None = Field(default=None, ge=1)  # PyTorch threads (None: its default); see TrainSettings
 
@@ -132,25 +139,36 @@ def batch_rows(train: FaceArrays, settings: DistillSettings, step: int) -> torch
     return torch.from_numpy(np.concatenate([generated, real]))
 
 
-def fit_fe_offsets(fe_prob: np.ndarray, data: FaceArrays, photo_weight: float | None,
+def offset_weights(target: np.ndarray, is_photo: np.ndarray, photo_weight: float | None,
+                   balanced: bool) -> np.ndarray:
+    """Row weights summing to 1: real photos carry `photo_weight` of the total and the rest the remainder (None,
+    or only one kind present: one group); with `balanced`, each class present in a group an equal share of it."""
+    groups = [(is_photo, photo_weight), (~is_photo, 1 - photo_weight)] if photo_weight is not None else []
+    if photo_weight is None or not is_photo.any() or is_photo.all():
+        groups = [(np.ones(len(target), bool), 1.0)]
+    weight = np.zeros(len(target))
+    for rows, share in groups:
+        parts = [rows & (target == c) for c in np.unique(target[rows])] if balanced else [rows]
+        for part in parts:
+            weight[part] = share / len(parts) / part.sum()
+    return weight
+
+
+def fit_fe_offsets(fe_prob: np.ndarray, data: FaceArrays, photo_weight: float | None, balanced: bool = False,
                    l2: float = 1e-2) -> np.ndarray:
     """Per-expression logit offsets that minimise weighted cross-entropy on labelled (validation) rows.
 
     Real photos carry `photo_weight` of the total weight and generated faces the rest, so a
-    handful of real photos counts without being the only thing fitted (None: all rows weigh the same).
-    Offsets are centred (softmax does not see a common shift) and lightly L2-regularised; 7 numbers, a
-    convex fit.
+    handful of real photos counts without being the only thing fitted (None: all rows weigh the same);
+    `balanced` weighs classes equally within each group. Offsets are centred (softmax does not see a
+    common shift) and lightly L2-regularised; 7 numbers, a convex fit.
     """
     labelled = data.fe >= 0
     n_classes = fe_prob.shape[1]
     if (photo_weight is not None and photo_weight <= 0) or not labelled.any():
         return np.zeros(n_classes, np.float32)
     is_photo = (data.dataset == PHOTO_DATASET)[labelled]
-    if photo_weight is not None:
-        weight = np.where(is_photo, photo_weight / max(is_photo.sum(), 1),
-                          (1 - photo_weight) / max((~is_photo).sum(), 1))
-    if photo_weight is None or not is_photo.any() or is_photo.all():
-        weight = np.full(len(is_photo), 1.0 / len(is_photo))
+    weight = offset_weights(data.fe[labelled], is_photo, photo_weight, balanced)
     logp = torch.from_numpy(np.log(np.clip(fe_prob[labelled], 1e-8, 1.0))).double()
     target = torch.from_numpy(data.fe[labelled])
     w = torch.from_numpy(weight).double()
@@ -178,7 +196,7 @@ def apply_fe_offsets(model: StudentSSM, offsets: np.ndarray) -> None:
 def calibrate_student(model: StudentSSM, val: FaceArrays, settings: DistillSettings) -> np.ndarray:
     """Fit expression logit offsets on the validation split only and apply them to `model`; returns them."""
     fe_prob, _ = probabilities(model, val)
-    offsets = fit_fe_offsets(fe_prob, val, settings.fe_bias_photo_weight)
+    offsets = fit_fe_offsets(fe_prob, val, settings.fe_bias_photo_weight, settings.fe_bias_balanced)
     apply_fe_offsets(model, offsets)
     return offsets
 
@@ -200,7 +218,7 @@ def _optimizer(student: StudentSSM, lr: float, weight_decay: float) -> torch.opt
 def _step_loss(student: StudentSSM, teacher: SSMTeacher, batch: dict[str, torch.Tensor],
                w: DistillWeights) -> dict[str, torch.Tensor]:
     with torch.no_grad():
-        t_out = teacher.predict(batch["image"])
+        t_out = teacher.predict(batch.get("true_aspect_image", batch["image"]))
     f, g, out = student(batch["image"])
     terms = {
         "hard": hard_loss(out, batch["au"], batch["au_mask"], batch.get("fe_soft", batch["fe"])),
@@ -271,7 +289,7 @@ def distill(teacher: SSMTeacher, train: FaceArrays, settings: DistillSettings, o
                     group["lr"] = fp32_lr(settings, step)
             idx = batch_rows(train, settings, step)
             batch = make_batch(train, idx, augment_generator(settings.seed, 1, step, 0),
-                               geometric=settings.geometric_jitter)
+                               geometric=settings.geometric_jitter, true_aspect=settings.teacher_true_aspect)
             terms = _step_loss(student, teacher, batch, weights)
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()

