@@ -4,6 +4,8 @@ Detectors (all on the CPU, one thread each):
 
 - `scan-retina`: the multi-scale scan (edge/detection/scan.py) with RetinaFace-MobileNet0.25
   (edge/detection/retinaface.py);
+- `retina-device`: `scan-retina` followed by the device's face gate (edge/detection/faces.py: the same score and
+  smallest face, landmark sanity, box mostly inside the frame; no face limit): the faces the daemon publishes;
 - `scan-full`: the same scan with MediaPipe's full-range BlazeFace;
 - `scan-short`: the same scan with the short-range BlazeFace;
 - `short-whole`: the short-range BlazeFace on the whole frame letterboxed into 128x128 (the detector before issue 17);
@@ -22,7 +24,9 @@ faces, edge/capture/scene.py): the scan's per-run cost (one slice plus a window 
 every `every_k_frames`) and its full sweep, the whole-frame short-range pass, Haar.
 
     set=/work/cache/facedet/wider_val_200
-    python benchmarks/detectors.py --images $set/images --gt $set/gt.txt [--population frontal]
+    python benchmarks/detectors.py --images $set/images --gt $set/gt.txt [--population frontal] [--only haar,...]
+    python benchmarks/detectors.py --images $set/images --gt $set/gt.txt --sweep 0.5,0.6,0.7   # the device's
+        # faces at each detection.score_threshold: recall, false positives and F1
     python benchmarks/detectors.py --time
 """
 
@@ -39,13 +43,15 @@ from typing import Any
 import cv2
 import numpy as np
 
+from edge.config.models import DetectionConfig
 from edge.detection.blazeface import FULL_RANGE, SHORT_RANGE, BlazeFaceDetector
+from edge.detection.faces import FaceGate
 from edge.detection.nms import iou_one_to_many
 from edge.detection.retinaface import RETINAFACE
 from edge.detection.scan import MultiScaleDetector
 
 BANDS = (16, 24, 32, 48, 64, 96, 10_000)
-DETECTORS = ("scan-retina", "scan-full", "scan-short", "short-whole", "haar")
+DETECTORS = ("scan-retina", "retina-device", "scan-full", "scan-short", "short-whole", "haar")
 
 
 @dataclass
@@ -101,45 +107,80 @@ def make_detectors(min_face_px: float, score: float) -> dict[str, Any]:
         return run
 
     retina = MultiScaleDetector(RETINAFACE, min_face_px=min_face_px, score_threshold=score)
+    # as edge.tracking.frontend opens it: the scan at min(0.5, score), the gate at score
+    device = MultiScaleDetector(RETINAFACE, min_face_px=min_face_px, score_threshold=min(0.5, score))
+    gate = FaceGate(min_face_px=min_face_px, max_faces=10_000, score_threshold=score)
     full = MultiScaleDetector(FULL_RANGE, min_face_px=min_face_px, score_threshold=score)
     short = MultiScaleDetector(SHORT_RANGE, min_face_px=min_face_px, score_threshold=score)
     whole = BlazeFaceDetector(score_threshold=score)
-    return {"scan-retina": blaze(retina.detect), "scan-full": blaze(full.detect), "scan-short": blaze(short.detect),
+    return {"scan-retina": blaze(retina.detect),
+            "retina-device": blaze(lambda image: gate.apply(device.detect(image), image.shape)),
+            "scan-full": blaze(full.detect), "scan-short": blaze(short.detect),
             "short-whole": blaze(whole.detect), "haar": Haar().boxes}
 
 
 def evaluate(images: Path, gt: dict[str, Truth], detectors: dict[str, Any], iou: float) -> dict[str, Any]:
+    results = {name: new_tally() for name in detectors}
+    for image, truth in read_images(images, gt):
+        for det_name, run in detectors.items():
+            start = time.perf_counter()
+            boxes, scores = run(image)
+            results[det_name]["seconds"] += time.perf_counter() - start
+            tally(results[det_name], truth, boxes, scores, iou)
+    return results
+
+
+def sweep(images: Path, gt: dict[str, Truth], min_face_px: float, thresholds: list[float],
+          iou: float) -> dict[float, Any]:
+    """The device's faces (scan + gate) at each `detection.score_threshold`: the scan runs at
+    min(0.5, threshold) and the gate keeps scores >= threshold, so one run at the lowest serves all."""
+    lowest = min(thresholds)
+    device = MultiScaleDetector(RETINAFACE, min_face_px=min_face_px, score_threshold=min(0.5, lowest))
+    gate = FaceGate(min_face_px=min_face_px, max_faces=10_000, score_threshold=lowest)
+    results = {t: new_tally() for t in thresholds}
+    for image, truth in read_images(images, gt):
+        found = gate.apply(device.detect(image), image.shape)
+        boxes = np.array([d.box for d in found], np.float32).reshape(-1, 4)
+        scores = np.array([d.score for d in found], np.float32)
+        for t in thresholds:
+            tally(results[t], truth, boxes[scores >= t], scores[scores >= t], iou)
+    return results
+
+
+def new_tally() -> dict[str, Any]:
     n = len(BANDS) - 1
-    results = {name: {"hits": np.zeros(n, int), "faces": np.zeros(n, int), "fp": np.zeros(n, int),
-                      "fp_small": 0, "seconds": 0.0} for name in detectors}
+    return {"hits": np.zeros(n, int), "faces": np.zeros(n, int), "fp": np.zeros(n, int), "fp_small": 0,
+            "seconds": 0.0}
+
+
+def read_images(images: Path, gt: dict[str, Truth]):
     for name, truth in gt.items():
         image = cv2.imread(str(images / name))
         if image is None:
             raise SystemExit(f"cannot read {images / name}")
-        heights = truth.boxes[:, 3] - truth.boxes[:, 1]
-        for det_name, run in detectors.items():
-            r = results[det_name]
-            start = time.perf_counter()
-            boxes, scores = run(image)
-            r["seconds"] += time.perf_counter() - start
-            matched = np.zeros(len(truth.boxes), bool)
-            for i in np.argsort(-scores, kind="stable"):
-                overlap = iou_one_to_many(boxes[i], truth.boxes) if len(truth.boxes) else np.zeros(0)
-                overlap[matched] = -1
-                j = int(np.argmax(overlap)) if len(overlap) else -1
-                if j >= 0 and overlap[j] >= iou:
-                    matched[j] = True
-                    if truth.counted[j]:
-                        r["hits"][band_of(heights[j])] += 1
-                    continue
-                k = band_of(float(boxes[i, 3] - boxes[i, 1]))
-                if k is None:
-                    r["fp_small"] += 1
-                else:
-                    r["fp"][k] += 1
-            for j in np.flatnonzero(truth.counted):
-                r["faces"][band_of(heights[j])] += 1
-    return results
+        yield image, truth
+
+
+def tally(r: dict[str, Any], truth: Truth, boxes: np.ndarray, scores: np.ndarray, iou: float) -> None:
+    """Add one image's hits, faces and false positives to `r` (greedy matching, best score first)."""
+    heights = truth.boxes[:, 3] - truth.boxes[:, 1]
+    matched = np.zeros(len(truth.boxes), bool)
+    for i in np.argsort(-scores, kind="stable"):
+        overlap = iou_one_to_many(boxes[i], truth.boxes) if len(truth.boxes) else np.zeros(0)
+        overlap[matched] = -1
+        j = int(np.argmax(overlap)) if len(overlap) else -1
+        if j >= 0 and overlap[j] >= iou:
+            matched[j] = True
+            if truth.counted[j]:
+                r["hits"][band_of(heights[j])] += 1
+            continue
+        k = band_of(float(boxes[i, 3] - boxes[i, 1]))
+        if k is None:
+            r["fp_small"] += 1
+        else:
+            r["fp"][k] += 1
+    for j in np.flatnonzero(truth.counted):
+        r["faces"][band_of(heights[j])] += 1
 
 
 def accuracy_table(results: dict[str, Any], title: str) -> list[str]:
@@ -165,6 +206,19 @@ def accuracy_table(results: dict[str, Any], title: str) -> list[str]:
             hits, fp = int(r["hits"][lo:].sum()), int(r["fp"][lo:].sum())
             cells += f"{hits / faces:>10.3f}{fp:>6d}{hits / max(hits + fp, 1):>8.3f}"
         lines.append(f"  {label:<10}{faces:>7d}{cells}")
+    return lines
+
+
+def sweep_table(results: dict[float, Any], title: str) -> list[str]:
+    lines = [title, f"  {'score':<7}{'recall>=32':>11}{'FP>=32':>8}{'recall>=16':>11}{'FP>=16':>8}{'F1>=16':>8}"]
+    for t, r in results.items():
+        cells = ""
+        for lo in (2, 0):
+            faces, hits, fp = int(r["faces"][lo:].sum()), int(r["hits"][lo:].sum()), int(r["fp"][lo:].sum())
+            cells += f"{hits / max(faces, 1):>11.3f}{fp:>8d}"
+        recall, precision = hits / max(faces, 1), hits / max(hits + fp, 1)
+        cells += f"{2 * recall * precision / max(recall + precision, 1e-9):>8.3f}"
+        lines.append(f"  {t:<7.2f}{cells}")
     return lines
 
 
@@ -213,7 +267,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="faces that count: all valid ones, or typical pose without heavy occlusion")
     parser.add_argument("--iou", type=float, default=0.4, help="IoU for a hit (default 0.4)")
     parser.add_argument("--min-face-px", type=float, default=16, help="the scan's smallest face (default 16)")
-    parser.add_argument("--score", type=float, default=0.5, help="BlazeFace score threshold (config default)")
+    parser.add_argument("--score", type=float, default=DetectionConfig().score_threshold,
+                        help="detection.score_threshold (default: the config's default)")
+    parser.add_argument("--only", default=None,
+                        help=f"comma-separated detectors to run (default: all of {', '.join(DETECTORS)})")
+    parser.add_argument("--sweep", default=None, metavar="T1,T2,...",
+                        help="instead of the table: the device's faces (retina scan + gate) at each score threshold")
     parser.add_argument("--time", action="store_true", help="time the detectors on demo-scene frames")
     parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--time-min-face-px", type=float, default=32, help="the scan's smallest face when timing")
@@ -227,14 +286,30 @@ def main(argv: list[str] | None = None) -> int:
     out: dict[str, Any] = {"machine": m}
     lines = [machine_line(m)]
     if args.images is not None:
-        if args.gt is None:
-            parser.error("--images needs --gt")
+        if args.gt is None or not args.gt.is_file():
+            parser.error(f"--images needs --gt, a WIDER-format ground-truth file (got {args.gt})")
         gt = read_gt(args.gt, args.population)
-        results = evaluate(args.images, gt, make_detectors(args.min_face_px, args.score), args.iou)
+        if args.sweep:
+            thresholds = sorted(float(t) for t in args.sweep.split(","))
+            results = sweep(args.images, gt, args.min_face_px, thresholds, args.iou)
+            out["sweep"] = {t: {k: (v.tolist() if isinstance(v, np.ndarray) else v) for k, v in r.items()}
+                            for t, r in results.items()}
+            lines += sweep_table(results, f"{len(gt)} images, {args.gt}; population {args.population}; hit: IoU >= "
+                                          f"{args.iou}; retina-device, scan min_face_px {args.min_face_px:g}")
+            print(json.dumps(out, indent=2, default=str) if args.json else "\n".join(lines))
+            return 0
+        detectors = make_detectors(args.min_face_px, args.score)
+        if args.only:
+            unknown = set(args.only.split(",")) - set(detectors)
+            if unknown:
+                parser.error(f"--only: unknown detector(s) {', '.join(sorted(unknown))}; choose from "
+                             f"{', '.join(detectors)}")
+            detectors = {k: v for k, v in detectors.items() if k in args.only.split(",")}
+        results = evaluate(args.images, gt, detectors, args.iou)
         out["accuracy"] = {k: {kk: (vv.tolist() if isinstance(vv, np.ndarray) else vv) for kk, vv in v.items()}
                            for k, v in results.items()}
         title = (f"{len(gt)} images, {args.gt}; population {args.population}; hit: IoU >= {args.iou}; "
-                 f"BlazeFace score >= {args.score}; scan min_face_px {args.min_face_px:g}")
+                 f"score >= {args.score}; scan min_face_px {args.min_face_px:g}")
         lines += accuracy_table(results, title)
         lines.append("  ms per image (mean): " + ", ".join(
             f"{name} {r['seconds'] * 1e3 / len(gt):.1f}" for name, r in results.items()))

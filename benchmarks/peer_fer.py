@@ -246,15 +246,15 @@ class OwnModel:
                                     f"model.threads={threads}", 'model.backend="onnxruntime"'])
         self.bundle = resolve_bundle(bundle_dir)
         self.processor = FrameProcessor(self.bundle, config, "peer-bench")
-        self.detector = config.detection.detector
+        # what the measurement depends on: the detector and the gate's score (docs/capture.md)
+        self.detector = f"{config.detection.detector}, score >= {config.detection.score_threshold:g}"
         self.labels = self.bundle.manifest.label_space
         self.happy = self.labels.expressions.index("happiness")
         self.threads = threads
 
     def detect(self, image_bgr: np.ndarray):
-        """The largest face passing the device's gate, or None."""
-        front = self.processor.front
-        faces = front.gate.apply(front.detector.detect(image_bgr), image_bgr.shape, front.gate_stats)
+        """The largest face the device would start a track on (gate and start score), or None."""
+        faces = self.processor.front.still_faces(image_bgr)
         return max(faces, key=lambda d: d.area) if faces else None
 
     def crop(self, image_bgr: np.ndarray, face) -> np.ndarray:

@@ -259,8 +259,7 @@ def real_photo_retention(bundle, london: Path | None, threads: int, teacher: Tea
     for person in people:
         for kind, suffix in (("neutral", "03"), ("smiling", "08")):
             image = cv2.imread(str(root / f"{person}_{suffix}.jpg"), cv2.IMREAD_COLOR)
-            faces = front.gate.apply(front.detector.detect(image), image.shape, front.gate_stats) if image is not None \
-                else []
+            faces = front.still_faces(image) if image is not None else []
             if not faces:
                 missed.append(f"{person}_{suffix}")
                 continue

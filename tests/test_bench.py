@@ -15,17 +15,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from script_loader import load_script
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = {"capture", "detect", "track", "align", "infer", "head", "publish"}
 
 
 def _peer():
-    spec = importlib.util.spec_from_file_location("peer_fer", REPO / "benchmarks" / "peer_fer.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["peer_fer"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_script("benchmarks/peer_fer.py", "peer_fer")
 
 
 peer = _peer()

@@ -13,8 +13,10 @@ def test_rows_are_measured() -> None:
     rows = bench_numpy_head(batches=(1, 8), iterations=5, warmup=1)
     assert [(r.stage, r.batch) for r in rows] == [
         ("numpy head math", 1),
+        ("folded head math", 1),
         ("numpy head step", 1),
         ("numpy head math", 8),
+        ("folded head math", 8),
         ("numpy head step", 8),
     ]
     for r in rows:

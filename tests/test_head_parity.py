@@ -1,4 +1,5 @@
-"""The NumPy head (edge.head) against the PyTorch head it was trained as (quantize.ssm)."""
+"""The NumPy head (edge.head: the reference and the folded CPU path) against the PyTorch head it was trained as
+(quantize.ssm)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import pytest
 import torch
 
 from edge.head import NumpyHead, SmoothingSpec, head_forward, head_params_from_arrays, load_head_params
+from edge.head.folded import FoldedHead
 from edge.head.fp32_bound import assert_within, head_bound
 from edge.head.params import HeadParams, save_head_params
 from edge.labels import DATASET_AUS, DEFAULT_LABELS, LabelSpace
@@ -50,10 +52,15 @@ FIELDS = ("fe_logits_raw", "au_logits_raw", "fe_logits", "fe_prob", "au_prob")
 
 
 def assert_parity(params: HeadParams, f: np.ndarray, g: np.ndarray, ref) -> None:
-    """Every output within the float32 rounding bound of docs/head.md ("Parity tolerance")."""
+    """Every output within the float32 rounding bound of docs/head.md ("Parity tolerance"), the reference's and
+    the folded CPU path's."""
     out, bound = head_forward(params, f, g), head_bound(params, f, g)
     for name in FIELDS:
         assert_within(name, getattr(out, name), getattr(ref, name).numpy(), getattr(bound, name))
+    fe_prob, au_prob = FoldedHead.of(params).forward(f, g)
+    assert fe_prob.dtype == au_prob.dtype == np.float32
+    assert_within("folded fe_prob", fe_prob, ref.fe_prob.numpy(), bound.fe_prob)
+    assert_within("folded au_prob", au_prob, ref.au_prob.numpy(), bound.au_prob)
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +153,20 @@ def test_the_bound_is_tight_enough_to_catch_a_one_percent_error(setup) -> None:
         assert_parity(head_params_from_arrays(arrays, "<perturbed>"), f, g, ref)
     bound = head_bound(params, f, g)  # informative on ordinary features, not a blanket "anything goes"
     assert float(bound.fe_prob.max()) < 0.01 and float(bound.au_prob.max()) < 0.01
+
+
+def test_the_folded_path_is_held_to_the_same_bound(setup) -> None:
+    """A 1% error in one folded prior constant breaks parity; a feature of the wrong width is a clear error."""
+    from dataclasses import replace
+
+    head, t_au, t_fe, mapping, params = setup
+    rng = np.random.default_rng(6)
+    f, g = rng.standard_normal((2, 32, 512)).astype(np.float32)
+    ref = torch_outputs(head, f, g, t_au, t_fe, mapping)
+    folded = FoldedHead.of(params)
+    bound = head_bound(params, f, g)
+    wrong = replace(folded, expect=folded.expect * np.float32(1.01))
+    with pytest.raises(AssertionError, match="au_prob"):
+        assert_within("au_prob", wrong.forward(f, g)[1], ref.au_prob.numpy(), bound.au_prob)
+    with pytest.raises(ValueError, match=r"shape \(batch, 512\)"):
+        folded.forward(f[:, :100], g)

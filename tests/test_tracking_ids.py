@@ -39,7 +39,8 @@ def test_ids_are_stable_per_person_and_departures_are_reported(tmp_path):
     video = tmp_path / "two_faces.avi"
     _write_video(video)
     source = open_source(SourceConfig(uri=str(video)))
-    front = FaceFrontEnd(BlazeFaceDetector(), DetectionConfig(every_k_frames=3, track_max_missed=2, min_face_px=48))
+    config = DetectionConfig(detector="whole_frame", every_k_frames=3, track_max_missed=2, min_face_px=48)
+    front = FaceFrontEnd(BlazeFaceDetector(), config)  # the detector that config names
     source.open()
     per_frame, ended_at = [], {}
     while (frame := source.read()) is not None:
@@ -88,3 +89,25 @@ def test_tracker_unit_behaviour():
     assert sorted(tracker.reset()) == [1, 3] and tracker.tracks == []
     with pytest.raises(ValueError):
         IoUTracker(iou_threshold=1.5)
+
+
+def test_a_track_starts_on_a_high_score_and_continues_on_a_lower_one():
+    """Hysteresis: a face must score start_score to start a track; its dips below that keep the same id."""
+    from dataclasses import replace
+
+    tracker = IoUTracker(iou_threshold=0.3, max_missed=1, start_score=0.9)
+    low = replace(_det(0), score=0.6)
+    assert tracker.update([low]).started == [] and tracker.tracks == []  # too unsure to start
+    assert tracker.update([_det(0)]).started == [1]
+    kept = tracker.update([replace(_det(5), score=0.6)])  # a blurred frame: same person, lower score
+    assert kept.started == [] and [(t.id, t.missed) for t in kept.tracks] == [(1, 0)]
+    assert tracker.update([replace(_det(400), score=0.6)]).started == []  # and no stranger starts on it
+
+
+def test_the_front_end_starts_tracks_at_the_configured_score():
+    """A config's score_threshold is the start score; the gate passes lower scores on for continuing tracks."""
+    from edge.tracking.frontend import KEEP_SCORE
+
+    front = FaceFrontEnd(BlazeFaceDetector(), DetectionConfig(detector="whole_frame", score_threshold=0.8))
+    assert front.tracker.start_score == 0.8 and front.gate.score_threshold == KEEP_SCORE == 0.5
+    assert DetectionConfig().score_threshold == 0.9 and DetectionConfig(detector="full_range").score_threshold == 0.5

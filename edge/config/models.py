@@ -73,6 +73,11 @@ class SourceConfig(Section):
         return self
 
 
+# Default `detection.score_threshold` per detector. RetinaFace's 0.9: the best F1 on FDDB (docs/capture.md,
+# "Choosing the score threshold"); BlazeFace's 0.5: MediaPipe's own default, its scores run lower.
+DETECTOR_SCORE = {"retinaface": 0.9, "full_range": 0.5, "short_range": 0.5, "whole_frame": 0.5}
+
+
 class DetectionConfig(Section):
     """Face detection and tracking (docs/capture.md): which detector, how small, how many, how often."""
 
@@ -81,9 +86,18 @@ class DetectionConfig(Section):
     scan_slices: int = Field(default=0, ge=0, le=256, description="detector runs a sweep spreads over; 0: auto")
     min_face_px: int = Field(default=32, ge=8)
     max_faces: int = Field(default=16, ge=1, le=256)
-    score_threshold: float = Field(default=0.5, gt=0, lt=1)
+    score_threshold: float = Field(default=DETECTOR_SCORE["retinaface"], gt=0, lt=1,
+                                   description="score to start a track; absent: the detector's own default")
     track_iou: float = Field(default=0.3, gt=0, lt=1)
     track_max_missed: int = Field(default=10, ge=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _detector_score(cls, data: object) -> object:
+        """Scores mean different things per model: an absent score_threshold is the chosen detector's."""
+        if isinstance(data, dict) and data.get("score_threshold") is None:
+            data = {**data, "score_threshold": DETECTOR_SCORE.get(data.get("detector", "retinaface"), 0.5)}
+        return data
 
 
 class ModelConfig(Section):

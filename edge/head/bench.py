@@ -57,7 +57,8 @@ def bench_numpy_head(
     params: HeadParams | None = None,
     seed: int = 0,
 ) -> list[BenchRow]:
-    """Two rows per batch size: "numpy head math" and "numpy head step" (math + EMA + thresholds)."""
+    """Three rows per batch size: "numpy head math" (the reference), "folded head math" (the CPU path's) and
+    "numpy head step" (the CPU path: folded math + EMA + thresholds)."""
     if iterations < 1 or warmup < 0 or not batches or min(batches) < 1:
         raise ValueError("need iterations >= 1, warmup >= 0 and batch sizes >= 1")
     params = params or synthetic_params(seed=seed)
@@ -70,6 +71,8 @@ def bench_numpy_head(
             _row("numpy head math", batch, _time(lambda f=f, g=g: head_forward(params, f, g), iterations, warmup))
         )
         head = NumpyHead(params, SmoothingSpec("ema", max_tracks=max(batches)))
+        rows.append(_row("folded head math", batch,
+                         _time(lambda f=f, g=g, head=head: head.folded.forward(f, g), iterations, warmup)))
         slots = np.arange(batch, dtype=np.int32)
         head.run(f, g, slots, np.ones(batch, bool))
         not_fresh = np.zeros(batch, bool)

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
 
+from edge.head.folded import FoldedHead
 from edge.head.params import HeadParams
-from edge.head.reference import head_forward
 from edge.head.smoothing import SmoothingSpec, TrackSmoother
 
 if TYPE_CHECKING:
@@ -57,17 +57,17 @@ def finish(params: HeadParams, fe_prob: np.ndarray, au_prob: np.ndarray) -> Head
 
 
 class NumpyHead:
-    """The CPU path and the reference the CUDA kernel is tested against."""
+    """The CPU path (the head's math folded once, FoldedHead) and what the CUDA kernel is tested against."""
 
     backend = "numpy"
 
     def __init__(self, params: HeadParams, spec: SmoothingSpec) -> None:
         self.params = params
+        self.folded = FoldedHead.of(params)
         self.smoother = TrackSmoother(spec, params.n_fe + params.n_au)
 
     def run(self, f: np.ndarray, g: np.ndarray, slots: np.ndarray, fresh: np.ndarray) -> HeadBatch:
-        out = head_forward(self.params, f, g)
-        joined = np.concatenate([out.fe_prob, out.au_prob], axis=1)
+        joined = np.concatenate(self.folded.forward(np.asarray(f), np.asarray(g)), axis=1)
         smoothed = self.smoother.update(joined, slots, fresh)
         e = self.params.n_fe
         return finish(self.params, smoothed[:, :e], smoothed[:, e:])

@@ -28,18 +28,14 @@ class FrontEnd:
         faces = FaceFrontEnd.from_config(config.detection, spec.crop_size, _template(spec), threads=1)
         return cls(faces, config.head.max_tracks)
 
-    # The detector pieces benchmarks and `bench` reach for (benchmarks/peer_fer.py, edge/cli/bench_cmd.py).
+    # What benchmarks and `bench` reach for (benchmarks/peer_fer.py, edge/cli/bench_cmd.py).
     @property
     def detector(self):
         return self.faces.detector
 
-    @property
-    def gate(self):
-        return self.faces.gate
-
-    @property
-    def gate_stats(self):
-        return self.faces.gate_stats
+    def still_faces(self, image: np.ndarray):
+        """The faces one still image gives (FaceFrontEnd.still_faces), for benchmarks on photos."""
+        return self.faces.still_faces(image)
 
     @property
     def template(self) -> np.ndarray:

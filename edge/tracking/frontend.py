@@ -24,6 +24,8 @@ from edge.detection.retinaface import RETINAFACE
 from edge.detection.scan import MultiScaleDetector
 from edge.tracking.iou_tracker import IoUTracker
 
+KEEP_SCORE = 0.5  # the score that keeps a started track alive (the scans also run at min(0.5, score_threshold))
+
 
 class FaceDetector(Protocol):
     def detect(self, frame_bgr: np.ndarray) -> list[Detection]:
@@ -38,10 +40,10 @@ class FaceDetector(Protocol):
 def open_detector(config: DetectionConfig, threads: int = 1) -> FaceDetector:
     """The detector `config.detector` names, with the shipped model (offline, inside the package)."""
     if config.detector == "whole_frame":
-        return BlazeFaceDetector(score_threshold=min(0.5, config.score_threshold), threads=threads)
+        return BlazeFaceDetector(score_threshold=min(KEEP_SCORE, config.score_threshold), threads=threads)
     model = {"retinaface": RETINAFACE, "full_range": FULL_RANGE, "short_range": SHORT_RANGE}[config.detector]
     return MultiScaleDetector(model, min_face_px=config.min_face_px, slices=config.scan_slices,
-                              score_threshold=min(0.5, config.score_threshold), threads=threads)
+                              score_threshold=min(KEEP_SCORE, config.score_threshold), threads=threads)
 
 
 @dataclass(frozen=True)
@@ -82,9 +84,12 @@ class FaceFrontEnd:
             self.template = template_for(self.crop_size)
         if self.template.shape != (5, 2):
             raise ValueError(f"alignment template must be 5x2, got {self.template.shape}")
+        # Hysteresis (docs/capture.md): a face must score `score_threshold` to start a track, and keeps it on
+        # detections down to KEEP_SCORE, so a blurred or turning frame does not end a person's id.
         self.gate = FaceGate(min_face_px=self.config.min_face_px, max_faces=self.config.max_faces,
-                             score_threshold=self.config.score_threshold)
-        self.tracker = IoUTracker(self.config.track_iou, self.config.track_max_missed)
+                             score_threshold=min(KEEP_SCORE, self.config.score_threshold))
+        self.tracker = IoUTracker(self.config.track_iou, self.config.track_max_missed,
+                                  start_score=self.config.score_threshold)
         self._count = 0
 
     @classmethod
@@ -112,6 +117,11 @@ class FaceFrontEnd:
         t3 = time.perf_counter()
         return FrameFaces(faces, update.ended, run_detector,
                           StageTimes((t1 - t0) * 1e3, (t2 - t1) * 1e3, (t3 - t2) * 1e3))
+
+    def still_faces(self, image: np.ndarray) -> list[Detection]:
+        """The faces one still image gives, each as it would start a track: the gate, then the start score."""
+        found = self.gate.apply(self.detector.detect(image), image.shape, self.gate_stats)
+        return [d for d in found if d.score >= self.config.score_threshold]
 
     def reset(self) -> list[int]:
         """Forget all tracks (after a camera reconnect: the scene may have changed); returns ended ids."""

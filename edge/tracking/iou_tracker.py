@@ -53,7 +53,10 @@ def _centre_and_height(boxes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 class IoUTracker:
-    def __init__(self, iou_threshold: float = 0.3, max_missed: int = 10, max_jump: float = 0.8) -> None:
+    def __init__(self, iou_threshold: float = 0.3, max_missed: int = 10, max_jump: float = 0.8,
+                 start_score: float = 0.0) -> None:
+        """`start_score`: the score a detection needs to start a track; any detection the caller passes
+        continues one (hysteresis: a face whose score dips on a blurred frame keeps its id and smoothing)."""
         if not 0 < iou_threshold < 1:
             raise ValueError(f"iou_threshold must be in (0, 1), got {iou_threshold}")
         if max_missed < 0:
@@ -61,6 +64,7 @@ class IoUTracker:
         self.iou_threshold = iou_threshold
         self.max_missed = max_missed
         self.max_jump = max_jump
+        self.start_score = start_score
         self._tracks: list[Track] = []
         self._next_id = 1
 
@@ -125,6 +129,8 @@ class IoUTracker:
             survivors.append(t)
         for di in unmatched:
             d = detections[di]
+            if d.score < self.start_score:
+                continue
             survivors.append(Track(id=self._next_id, box=d.box.copy(), landmarks=d.landmarks.copy(), score=d.score))
             started.append(self._next_id)
             self._next_id += 1
