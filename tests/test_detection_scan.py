@@ -116,7 +116,7 @@ def test_rolling_slices_cover_the_frame_and_windows_keep_tracks(photos):
 
 def test_plan_covers_every_pixel_at_every_level_and_slices_partition_it():
     for width, height, face in ((640, 480, 32), (1920, 1080, 24), (1280, 720, 48), (300, 200, 16)):
-        levels = scan_plan(width, height, face, 192)
+        levels = scan_plan(width, height, face, 192, FULL_RANGE.face_px)
         assert levels[-1][0].x1 - levels[-1][0].x0 == width and len(levels[-1]) == 1  # the whole frame, once
         scales = [level[0].scale for level in levels]
         assert scales == sorted(scales, reverse=True) and scales[0] <= 2.0

@@ -96,7 +96,8 @@ class DetectionConfig(Section):
     def _detector_score(cls, data: object) -> object:
         """Scores mean different things per model: an absent score_threshold is the chosen detector's."""
         if isinstance(data, dict) and data.get("score_threshold") is None:
-            data = {**data, "score_threshold": DETECTOR_SCORE.get(data.get("detector", "retinaface"), 0.5)}
+            detector = data.get("detector", cls.model_fields["detector"].default)
+            data = {**data, "score_threshold": DETECTOR_SCORE.get(detector, 0.5)}
         return data
 
 

@@ -64,18 +64,10 @@ def priors(height: int, width: int, layers: tuple[tuple[int, tuple[int, ...]], .
     return np.concatenate(out).astype(np.float32)
 
 
-def image_left_first(points: np.ndarray) -> np.ndarray:
-    """(N, 5, 2) eyes, nose, mouth corners -> each pair ordered image-left first (LANDMARK_NAMES)."""
-    out = points.copy()
-    for a, b in ((0, 1), (3, 4)):
-        swap = out[:, a, 0] > out[:, b, 0]
-        out[swap, a], out[swap, b] = points[swap, b], points[swap, a]
-    return out
-
-
 def as_blazeface_points(points: np.ndarray) -> np.ndarray:
-    """(N, 5, 2) RetinaFace points -> the five points BlazeFace gives: mouth corners placed either side of the
-    mouth centre at the template's ratio to the eye distance, not where the corners are.
+    """(N, 5, 2) RetinaFace points, in the graph's own left/right order -> the five points BlazeFace gives, eyes
+    image-left first (five_points orders them) and mouth corners placed either side of the mouth centre at the
+    template's ratio to the eye distance, not where the corners are.
 
     The student learned from crops aligned with BlazeFace's points (quantize.data.face_cache), whose corners do
     not follow a widening smile; real corners would shrink a smiling face in the crop. Same convention, same
@@ -125,4 +117,4 @@ class RetinaFaceNet:
         boxes = np.concatenate([centre - half, centre + half], axis=1)
         points = prior[:, None, :2] + marks * v_centre * prior[:, None, 2:]
         return RawFaces(boxes.astype(np.float32), scores[keep].astype(np.float32),
-                        as_blazeface_points(image_left_first(points.astype(np.float32))))
+                        as_blazeface_points(points.astype(np.float32)))

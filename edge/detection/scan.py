@@ -3,7 +3,7 @@
 Why: a detector that sees the whole 1080p frame at 192x192 shrinks a 60 px face
 to 6 px, below what any BlazeFace finds (~16-20 px at its input). The scan runs
 the fully convolutional graph over the frame resized to a pyramid of scales:
-the finest makes a `min_face_px` face ~`FACE_INPUT_PX` at the model, each next
+the finest makes a `min_face_px` face ~the model's `face_px` at its input, each next
 level is `LEVEL_RATIO` coarser, down to the whole frame in one input. Every level
 is cut into overlapping tiles of equal size (one batched call per level), and
 the tiles are dealt into `slices` parts of similar cost: each detector run scans
@@ -49,7 +49,6 @@ from edge.detection.blazeface import (
 from edge.detection.faces import Detection
 from edge.detection.retinaface import RetinaFaceModel, RetinaFaceNet
 
-FACE_INPUT_PX = 20.0  # BlazeFace's `face_px`: the face height at the model's input the scan aims for
 LEVEL_RATIO = 2.0  # scale step between pyramid levels (a level sees faces of 20-40 px at its input, and more)
 TRACK_WINDOW = 2.5  # track window side, in face heights: room for 3 frames of motion the tracker did not predict
 WINDOW_INPUT = 96  # track windows are resized to this: a face of ~38 px at the model, well inside its range
@@ -95,8 +94,8 @@ def _spans(length: int, span: int, overlap: int) -> list[tuple[int, int]]:
     return [(round(i * (length - span) / (n - 1)), round(i * (length - span) / (n - 1)) + span) for i in range(n)]
 
 
-def scan_plan(width: int, height: int, min_face_px: float, input_size: int,
-              tile_px: int = TILE_PX, face_px: float = FACE_INPUT_PX) -> list[list[Tile]]:
+def scan_plan(width: int, height: int, min_face_px: float, input_size: int, face_px: float,
+              tile_px: int = TILE_PX) -> list[list[Tile]]:
     """Tiles per pyramid level, finest first. The coarsest level is the whole frame in one input of ~input_size."""
     coarsest = min(1.0, input_size / max(width, height))
     scales = []
@@ -170,11 +169,11 @@ class MultiScaleDetector:
         if key not in self._plans:
             size, face_px = self.net.model.input_size, self.net.model.face_px
             slices = self.slices or math.ceil(sum(
-                t.cost for level in scan_plan(width, height, self.min_face_px, size, face_px=face_px)
+                t.cost for level in scan_plan(width, height, self.min_face_px, size, face_px)
                 for t in level) / SLICE_PX)
             # small tiles split evenly but overlap more: the cheapest sweep whose dearest run stays near the
             # budget, else the plan with the cheapest dearest run
-            candidates = [split_slices(scan_plan(width, height, self.min_face_px, size, tile_px, face_px), slices)
+            candidates = [split_slices(scan_plan(width, height, self.min_face_px, size, face_px, tile_px), slices)
                           for tile_px in (TILE_PX, TILE_PX * 3 // 4, TILE_PX // 2)]
             dearest = [max(sum(t.cost for t in p) for p in parts) for parts in candidates]
             total = [sum(t.cost for p in parts for t in p) for parts in candidates]
