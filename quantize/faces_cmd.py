@@ -27,16 +27,26 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="cache directory (outside the repository)")
     p.add_argument("--only", choices=sorted(SPLITS), default=None, help="build one split")
+    p.add_argument("--detector", choices=("device", "short-whole"), default="device",
+                   help="device: the shipped detector and face gate (default); short-whole: the short-range "
+                        "BlazeFace on the whole frame, what bundle builds 2-4 were trained on")
     p.set_defaults(func=_faces)
 
 
 def _faces(args: argparse.Namespace) -> int:
-    from quantize.data.face_cache import CropGeometry, FaceCache, build_face_cache, cache_from_template_crops
+    from quantize.data.face_cache import (
+        CropGeometry,
+        FaceCache,
+        build_face_cache,
+        cache_from_template_crops,
+        face_finder,
+    )
     from quantize.data.fer2013 import attach_ferplus, load_fer2013_folders
     from quantize.data.generate import generate_faces
     from quantize.data.london import london_split, photo_images
 
     geometry = CropGeometry(args.size, args.margin)
+    find_faces = face_finder(args.detector)
     args.out.mkdir(parents=True, exist_ok=True)
     people = london_split(seed=args.seed)
     report = {}
@@ -51,7 +61,7 @@ def _faces(args: argparse.Namespace) -> int:
                           ferplus_unmatched=match.unmatched)
         persons = getattr(people, london_part)
         images += photo_images(persons, args.london)
-        real, aligned = build_face_cache(images, geometry)
+        real, aligned = build_face_cache(images, geometry, find_faces)
         n_gen = args.generated if name == "train" else max(1, args.generated // 6)
         generated = generate_faces("mixed", n_gen, persons, 112, seed=args.seed * 10 + list(SPLITS).index(name))
         cache = FaceCache.concat([real, cache_from_template_crops(generated, 112, geometry, key_prefix=f"gen-{name}")])

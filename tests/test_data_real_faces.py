@@ -13,7 +13,7 @@ from edge.detection import BlazeFaceDetector
 from edge.labels import BASIC_EXPRESSIONS, DEFAULT_LABELS
 from quantize.data.blendshapes import AU_SOURCES, BlendshapeScores, au_targets, fit_baselines, raw_au
 from quantize.data.camera_augment import CameraAugment
-from quantize.data.face_cache import CropGeometry, FaceCache, build_face_cache
+from quantize.data.face_cache import CropGeometry, FaceCache, build_face_cache, face_finder
 from quantize.data.london import photo_images
 from quantize.data.types import LabelledImage
 from quantize.train.losses import fe_ce
@@ -49,7 +49,7 @@ def cache() -> tuple[FaceCache, dict[str, int]]:
     items = [*photos, *(_tight(p, detector) for p in photos),
              LabelledImage("tight/blank", lambda: blank, 0, "tightset", tight=True),  # no face: median placement
              LabelledImage("wide/blank", lambda: np.full((300, 300, 3), 90, np.uint8), 0, "wideset")]  # dropped
-    return build_face_cache(items, CropGeometry(64, 8), detector, progress=False)
+    return build_face_cache(items, CropGeometry(64, 8), progress=False)  # the device's default front end
 
 
 def test_real_photos_are_aligned_by_the_device_detector(cache) -> None:
@@ -65,6 +65,16 @@ def test_real_photos_are_aligned_by_the_device_detector(cache) -> None:
         (face,) = detector.detect(cv2.copyMakeBorder(big, 80, 80, 80, 80, cv2.BORDER_REPLICATE))
         eyes = (face.landmarks[:2] - 80) / 4
         assert np.abs(eyes - template[:2]).max() < 3.0, faces.key[i]
+
+
+def test_both_face_finders_find_a_london_face_and_a_wrong_name_is_refused() -> None:
+    photo = _london(["001"])[0]
+    image = photo.read()
+    for name in ("device", "short-whole"):  # the default, and what bundle builds 2-4 were cached with
+        (face,) = face_finder(name)(image)
+        assert face.score >= 0.5 and face.height > 100, name
+    with pytest.raises(ValueError, match="short-whole"):
+        face_finder("haar")
 
 
 def test_cache_round_trip_and_labels(cache, tmp_path) -> None:

@@ -1,14 +1,15 @@
 """Aligned face crops of labelled images, computed once and cached: detector + five-point alignment, as on the device.
 
-Each image goes through the device's own detector (`edge.detection`; by default the pass of the device's scan that
-finds faces filling much of a frame, the short-range model on the whole frame, which is what these photos are) and
-aligner (`edge.alignment`), so training crops have the geometry, landmark noise and failure modes the model meets
-in the field. Crops are stored grey, with a margin of context around the model's input (`CropGeometry`) so that
-training-time warps (rotation, anisotropic scale, pose) have real pixels to pull in instead of replicated borders;
-the model's input is the centre. Tight face crops (FER2013) are detected and aligned on their bordered frame,
-exactly as `affect-sensor analyze --face-crops` runs them (`edge.analysis.face_crops`); the few whose face is still
-not found are placed by the median frame-to-template transform of their dataset (`aligned_by = "median"`), which
-fits a dataset of centred crops well.
+Each image goes through the device's own face front end (by default the shipped detector configuration: the
+multi-scale RetinaFace scan and the face gate, `FaceFrontEnd.still_faces`) and aligner
+(`edge.alignment`), so training crops have the geometry, landmark noise and failure modes the model meets in the
+field: a student trained on one detector's landmarks and run on another's loses faces to the difference. Crops
+are stored grey, with a margin of context around the model's input (`CropGeometry`) so that training-time warps
+(rotation, anisotropic scale, pose) have real pixels to pull in instead of replicated borders; the model's input
+is the centre. Tight face crops (FER2013) are detected and aligned on their bordered frame, exactly as
+`affect-sensor analyze --face-crops` runs them (`edge.analysis.face_crops`); the few whose face is still not found
+are placed by the median frame-to-template transform of their dataset (`aligned_by = "median"`), which fits a
+dataset of centred crops well.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -25,8 +26,11 @@ import numpy as np
 
 from edge.alignment import similarity_matrix, template_for
 from edge.analysis.face_crops import face_crop_frame
+from edge.config.models import DetectionConfig
+from edge.detection.faces import Detection
 from edge.fsutil import atomic_writer
 from edge.labels import BASIC_EXPRESSIONS
+from edge.tracking.frontend import KEEP_SCORE, FaceFrontEnd
 from quantize.data.types import NUM_AUS, DataError, LabelledImage
 
 
@@ -131,17 +135,32 @@ def _to_grey(image: np.ndarray) -> np.ndarray:
     return cv2.cvtColor(image, cv2.COLOR_BGR2GRAY) if image.ndim == 3 else image
 
 
-def build_face_cache(items: Sequence[LabelledImage], geometry: CropGeometry = CropGeometry(), detector=None,
+FACE_FINDERS = ("device", "short-whole")
+
+
+def face_finder(name: str) -> Callable[[np.ndarray], list[Detection]]:
+    """The detector a cache is made with: `device`, the shipped detector and gate with faces kept down to the
+    score a track continues on (KEEP_SCORE: every training image holds a face, and in video those are the
+    landmarks the model is fed); `short-whole`, the short-range BlazeFace on the whole frame, with which the
+    caches of bundle builds 2-4 were made (kept so that they can be rebuilt)."""
+    if name == "device":
+        return FaceFrontEnd.from_config(DetectionConfig(score_threshold=KEEP_SCORE)).still_faces
+    if name == "short-whole":
+        from edge.detection import BlazeFaceDetector
+
+        return BlazeFaceDetector().detect
+    raise ValueError(f"unknown face finder {name!r}; choose from {', '.join(FACE_FINDERS)}")
+
+
+def build_face_cache(items: Sequence[LabelledImage], geometry: CropGeometry = CropGeometry(),
+                     find_faces: Callable[[np.ndarray], list[Detection]] | None = None,
                      progress: bool = True) -> tuple[FaceCache, dict[str, int]]:
     """Detect, align and crop every item; returns the cache and counts (aligned by detector / median / dropped).
 
     Two passes over the images (the median placement needs every detection first; keeping the frames would not
     fit in memory). Items that are not tight crops and show no face are dropped (counted), never guessed.
     """
-    if detector is None:  # the device scan's near pass: whole frame, short-range model (edge/detection/scan.py)
-        from edge.detection import BlazeFaceDetector
-
-        detector = BlazeFaceDetector()
+    find_faces = find_faces or face_finder("device")
     template = geometry.template()
     found: list[np.ndarray | None] = []
     matrices: dict[str, list[np.ndarray]] = {}
@@ -150,7 +169,7 @@ def build_face_cache(items: Sequence[LabelledImage], geometry: CropGeometry = Cr
     every, start, end = (500, "\r", "") if tty else (5000, "", "\n")
     for i, item in enumerate(items):
         frame = _frame(item, item.read())
-        faces = detector.detect(frame)
+        faces = find_faces(frame)
         points = max(faces, key=lambda d: d.area).landmarks.astype(np.float32) if faces else None
         found.append(points)
         if points is not None and item.tight:
