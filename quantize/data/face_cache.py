@@ -27,6 +27,7 @@ import numpy as np
 from edge.alignment import similarity_matrix, template_for
 from edge.analysis.face_crops import face_crop_frame
 from edge.config.models import DetectionConfig
+from edge.detection import BlazeFaceDetector
 from edge.detection.faces import Detection
 from edge.fsutil import atomic_writer
 from edge.labels import BASIC_EXPRESSIONS
@@ -146,8 +147,6 @@ def face_finder(name: str) -> Callable[[np.ndarray], list[Detection]]:
     if name == "device":
         return FaceFrontEnd.from_config(DetectionConfig(score_threshold=KEEP_SCORE)).still_faces
     if name == "short-whole":
-        from edge.detection import BlazeFaceDetector
-
         return BlazeFaceDetector().detect
     raise ValueError(f"unknown face finder {name!r}; choose from {', '.join(FACE_FINDERS)}")
 
