@@ -24,21 +24,8 @@ from quantize.data.blendshapes import BlendshapeScores, raw_au
 from quantize.data.face_cache import FaceCache
 
 
-def teacher_aucs(values: np.ndarray, expression: np.ndarray, aus: list[int],
-                 pairs: tuple[tuple[int, str], ...]) -> dict[str, float | None]:
-    """ROC AUC of each AU's teacher value for its expression (None where a class is absent)."""
-    from quantize.metrics import roc_auc
-
-    out: dict[str, float | None] = {}
-    for number, name in pairs:
-        positive = expression == BASIC_EXPRESSIONS.index(name)
-        ok = positive.any() and (~positive).any()
-        out[f"AU{number}<->{name}"] = roc_auc(values[:, aus.index(number)], positive) if ok else None
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
-    from real_faces import AU_SANITY
+    from real_faces import au_sanity
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--faces", type=Path, required=True, help="a face cache (affect-quantize faces)")
@@ -57,7 +44,8 @@ def main(argv: list[str] | None = None) -> int:
     if not keep.any():
         parser.error(f"no labelled {args.dataset} face with blendshapes in {args.faces}")
     values, _ = raw_au(scores)
-    aucs = teacher_aucs(values[keep], faces.expression[rows][keep], list(DEFAULT_LABELS.aus), AU_SANITY)
+    aucs = au_sanity(faces.expression[rows][keep], values[keep], list(DEFAULT_LABELS.aus),
+                     list(BASIC_EXPRESSIONS))
     print(f"AU teacher (MediaPipe blendshapes) on {int(keep.sum())} labelled {args.dataset} faces of {args.faces}:")
     for pair, value in aucs.items():
         print(f"  {pair:<22}{'n/a' if value is None else f'{value:.3f}':>8}")

@@ -69,9 +69,9 @@ def as_blazeface_points(points: np.ndarray) -> np.ndarray:
     image-left first (five_points orders them) and mouth corners placed either side of the mouth centre at the
     template's ratio to the eye distance, not where the corners are.
 
-    The student learned from crops aligned with BlazeFace's points (quantize.data.face_cache), whose corners do
-    not follow a widening smile; real corners would shrink a smiling face in the crop. Same convention, same
-    crops."""
+    The shipped student learned from crops aligned with BlazeFace's points (the training face cache now aligns
+    with these), whose corners do not follow a widening smile; real corners would shrink a smiling face in the
+    crop. Same convention, same crops."""
     keypoints = np.zeros((len(points), 6, 2), np.float32)
     keypoints[:, :3] = points[:, :3]
     keypoints[:, 3] = points[:, 3:].mean(axis=1)
