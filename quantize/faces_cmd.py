@@ -32,6 +32,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "BlazeFace on the whole frame, what bundle builds 2-4 were trained on")
     p.set_defaults(func=_faces)
 
+    t = sub.add_parser("peer-targets", help="the FER2013 peer's expression probabilities on a face cache's FER2013 "
+                                            "rows, a second expression teacher for distillation (run once)")
+    t.add_argument("--faces", type=Path, required=True, help="face cache directory (affect-quantize faces)")
+    t.add_argument("--fer2013", type=Path, required=True, help="the FER2013 folders the cache was built from")
+    t.add_argument("--split", choices=sorted(SPLITS), default="train",
+                   help="cache split (default: train, the only one distillation reads)")
+    t.add_argument("--threads", type=int, default=2)
+    t.set_defaults(func=_peer_targets)
+
 
 def _faces(args: argparse.Namespace) -> int:
     from quantize.data.face_cache import (
@@ -70,4 +79,21 @@ def _faces(args: argparse.Namespace) -> int:
         report[name] = {**counts, "london_photos": sum(i.dataset == "london_photo" for i in images),
                         "generated": n_gen, "aligned": aligned, "faces": len(cache)}
         print(f"faces: {path}: {json.dumps(report[name])}")
+    return 0
+
+
+def _peer_targets(args: argparse.Namespace) -> int:
+    from quantize.data.face_cache import FaceCache
+    from quantize.data.peer_targets import TARGETS_SUFFIX, FerPeer, peer_targets
+
+    cache = FaceCache.load(args.faces / f"{args.split}.npz")
+    result = peer_targets(cache.key, cache.dataset, args.fer2013, FerPeer(threads=args.threads))
+    out = args.faces / f"{args.split}{TARGETS_SUFFIX}"
+    result.save(out)
+    found, labelled = result.found, cache.expression >= 0
+    rows = found & labelled
+    accuracy = float((result.probs[rows].argmax(axis=1) == cache.expression[rows]).mean()) if rows.any() else None
+    print(f"peer-targets: {out}: " + json.dumps({"faces": len(cache), "with_targets": int(found.sum()),
+                                                 "peer_accuracy_on_labels": accuracy and round(accuracy, 4),
+                                                 "model_sha256": result.model_sha256}))
     return 0

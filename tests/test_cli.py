@@ -42,6 +42,7 @@ def test_recipe_refuses_a_scale_outside_0_1_before_any_work(tmp_path, scale):
 @pytest.mark.parametrize(("options", "message"), [
     (["--photo-weight", "2"], "distill: --photo-weight: Input should be less than or equal to 1"),
     (["--lr", "0"], "distill: --lr: Input should be greater than 0"),
+    (["--peer-share", "1.5"], "distill: --peer-share: Input should be less than or equal to 1"),
     (["--photo-weight", "0.3", "--equal-weight"], "--equal-weight and --photo-weight exclude each other"),
 ])
 def test_distill_refuses_bad_settings_before_any_work(tmp_path, options, message):

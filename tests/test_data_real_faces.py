@@ -15,7 +15,8 @@ from quantize.data.blendshapes import AU_SOURCES, BlendshapeScores, au_targets, 
 from quantize.data.camera_augment import CameraAugment
 from quantize.data.face_cache import CropGeometry, FaceCache, build_face_cache, face_finder
 from quantize.data.london import photo_images
-from quantize.data.types import LabelledImage
+from quantize.data.peer_targets import PeerTargets
+from quantize.data.types import DataError, LabelledImage
 from quantize.train.losses import fe_ce
 from quantize.train.real_data import RealData, VoteMix, load_faces
 from quantize.train.tensors import make_batch
@@ -190,6 +191,14 @@ def test_training_arrays_mix_votes_and_teach_aus(cache, tmp_path) -> None:
     assert torch.equal(twin["image"], batch["image"]) and twin["true_aspect_image"].shape == (4, 1, 64, 64)
     halves = RealData(faces=tmp_path)
     assert len(halves.split("val")) + len(halves.split("holdout")) == len(faces)
+    assert arrays.fe_peer is None  # no peer target file: no peer teacher
+    peer = np.full((len(faces), 7), np.nan, np.float32)
+    peer[tight] = 1 / 7
+    PeerTargets(faces.key, peer, "sha").save(tmp_path / "train.peer.npz")
+    np.testing.assert_array_equal(load_faces(tmp_path, "train").fe_peer, peer)
+    PeerTargets(faces.key[::-1], peer, "sha").save(tmp_path / "train.peer.npz")
+    with pytest.raises(DataError, match=r"train\.peer\.npz does not belong to this face cache"):
+        load_faces(tmp_path, "train")
 
 
 def test_soft_expression_targets_reduce_to_cross_entropy() -> None:

@@ -17,6 +17,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
+from quantize.data.types import DataError
 from quantize.distill.losses import (
     DistillWeights,
     feature_loss,
@@ -65,6 +66,10 @@ class DistillSettings(BaseModel):
     # camera augmentation's aspect draw): the student learns the aspect-free answer, not the teacher's own
     # aspect sensitivity (docs/quantization.md). Real-face (grey) caches only.
     teacher_true_aspect: bool = False
+    # Share of the expression KD target taken from the peer teacher (the FER2013 mini-Xception's probabilities,
+    # `quantize.data.peer_targets`) on the faces that have them; the SSM teacher keeps the rest and all of the AU,
+    # feature and prior targets. 0: the SSM teacher alone.
+    peer_share: float = Field(default=0.0, ge=0, le=1)
     # Weight of the validation people's real photos (vs generated validation faces) when fitting the
     # expression logit offsets on the validation split (0 disables the offsets; None: every labelled
     # validation face weighs the same, for real-face data where photos are the bulk).
@@ -216,13 +221,13 @@ def _optimizer(student: StudentSSM, lr: float, weight_decay: float) -> torch.opt
 
 
 def _step_loss(student: StudentSSM, teacher: SSMTeacher, batch: dict[str, torch.Tensor],
-               w: DistillWeights) -> dict[str, torch.Tensor]:
+               w: DistillWeights, peer_share: float = 0.0) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         t_out = teacher.predict(batch.get("true_aspect_image", batch["image"]))
     f, g, out = student(batch["image"])
     terms = {
         "hard": hard_loss(out, batch["au"], batch["au_mask"], batch.get("fe_soft", batch["fe"])),
-        "kd_fe": kd_fe_loss(out.fe_logits, t_out.fe_logits, w.temperature),
+        "kd_fe": kd_fe_loss(out.fe_logits, t_out.fe_logits, w.temperature, batch.get("fe_peer"), peer_share),
         "kd_au": kd_au_loss(out.au_prob, t_out.au_prob[:, 0]),
         "feature": feature_loss(student.proj_f(f), t_out.f) + feature_loss(student.proj_g(g), t_out.g[:, 0]),
         "prior": prior_consistency(out, student.mapping),
@@ -234,6 +239,9 @@ def _step_loss(student: StudentSSM, teacher: SSMTeacher, batch: dict[str, torch.
 def distill(teacher: SSMTeacher, train: FaceArrays, settings: DistillSettings, out: Path,
             weights: DistillWeights | None = None, resume: bool = True) -> StudentSSM:
     """Run (or resume) both phases; returns the student in fake-quant mode when qat_steps > 0."""
+    if settings.peer_share > 0 and train.fe_peer is None:
+        raise DataError(f"peer_share {settings.peer_share} needs peer targets beside the training faces "
+                        "(affect-quantize peer-targets)")
     weights = weights if weights is not None else DistillWeights()
     out.mkdir(parents=True, exist_ok=True)
     if settings.threads:
@@ -290,7 +298,7 @@ def distill(teacher: SSMTeacher, train: FaceArrays, settings: DistillSettings, o
             idx = batch_rows(train, settings, step)
             batch = make_batch(train, idx, augment_generator(settings.seed, 1, step, 0),
                                geometric=settings.geometric_jitter, true_aspect=settings.teacher_true_aspect)
-            terms = _step_loss(student, teacher, batch, weights)
+            terms = _step_loss(student, teacher, batch, weights, settings.peer_share)
             optimizer.zero_grad(set_to_none=True)
             terms["total"].backward()
             torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)

@@ -34,10 +34,19 @@ def hard_loss(out: HeadOutput, au: torch.Tensor, au_mask: torch.Tensor, fe: torc
     return loss
 
 
-def kd_fe_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Temperature-scaled KL(teacher || student), times T^2 to keep gradient scale (Hinton et al.)."""
+def kd_fe_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+               peer: torch.Tensor | None = None, peer_share: float = 0.0) -> torch.Tensor:
+    """Temperature-scaled KL(target || student), times T^2 to keep gradient scale (Hinton et al.).
+
+    The target is the teacher's softened distribution; on rows where `peer` (a second teacher's probabilities,
+    NaN rows: none) has an opinion, `peer_share` of it is the peer's, softened by the same temperature.
+    """
     log_p = F.log_softmax(student_logits / temperature, dim=-1)
     q = F.softmax(teacher_logits / temperature, dim=-1)
+    if peer is not None and peer_share > 0:
+        has = torch.isfinite(peer).all(dim=-1, keepdim=True)
+        peer_q = F.softmax(torch.log(torch.nan_to_num(peer, nan=1.0).clamp_min(PROB_CLAMP)) / temperature, dim=-1)
+        q = torch.where(has, (1 - peer_share) * q + peer_share * peer_q, q)
     return F.kl_div(log_p, q, reduction="batchmean") * temperature**2
 
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edge.labels import BASIC_EXPRESSIONS
 from quantize.data.blendshapes import BlendshapeScores, au_targets, fit_baselines, raw_au
 from quantize.data.face_cache import FaceCache
+from quantize.data.peer_targets import TARGETS_SUFFIX, PeerTargets
 from quantize.data.types import DataError
 from quantize.train.tensors import FaceArrays
 
@@ -71,7 +72,7 @@ def au_baselines(faces: Path) -> np.ndarray:
 def load_faces(faces: Path, split: str, baselines: np.ndarray | None = None,
                mix: VoteMix = VoteMix(), size: int | None = None) -> FaceArrays:
     """FaceArrays of one cache split (resampled for a model of input `size`); AU targets from its blendshapes
-    file when present (baselines: train's)."""
+    file when present (baselines: train's), the peer teacher's probabilities from its peer target file when present."""
     cache = FaceCache.load(faces / f"{split}.npz")
     au, au_mask = cache.au.copy(), cache.au_mask.copy()
     path = faces / f"{split}.blendshapes.npz"
@@ -80,6 +81,8 @@ def load_faces(faces: Path, split: str, baselines: np.ndarray | None = None,
         target, mask = au_targets(values, labelled, au_baselines(faces) if baselines is None else baselines)
         teach = ~cache.au_mask.any(axis=1)  # rows without labels of their own (FER2013)
         au[teach], au_mask[teach] = target[teach], mask[teach]
+    peer_path = faces / f"{split}{TARGETS_SUFFIX}"
+    peer = PeerTargets.load(peer_path, cache.key).probs if peer_path.is_file() else None
     if size is not None:
         cache = cache.resized(size)
     return FaceArrays(
@@ -91,6 +94,7 @@ def load_faces(faces: Path, split: str, baselines: np.ndarray | None = None,
         dataset=cache.dataset,
         fe_soft=mix.targets(cache.expression, cache.votes),
         margin=cache.margin,
+        fe_peer=peer,
     )
 
 

@@ -32,6 +32,7 @@ class FaceArrays:
     dataset: np.ndarray  # str N
     fe_soft: np.ndarray | None = None  # float32 N x E expression target distributions (zero rows: none)
     margin: int = 0
+    fe_peer: np.ndarray | None = None  # float32 N x E the peer teacher's probabilities (NaN rows: none)
 
     def __len__(self) -> int:
         return len(self.fe)
@@ -42,8 +43,9 @@ class FaceArrays:
 
     def subset(self, keep: np.ndarray) -> FaceArrays:
         soft = None if self.fe_soft is None else self.fe_soft[keep]
+        peer = None if self.fe_peer is None else self.fe_peer[keep]
         return FaceArrays(self.images[keep], self.au[keep], self.au_mask[keep], self.fe[keep],
-                          self.person[keep], self.dataset[keep], soft, self.margin)
+                          self.person[keep], self.dataset[keep], soft, self.margin, peer)
 
     def au_rows(self) -> FaceArrays:
         return self.subset(self.au_mask.any(axis=1))
@@ -123,6 +125,8 @@ def make_batch(data: FaceArrays, idx: torch.Tensor, gen: torch.Generator | None,
     }
     if data.fe_soft is not None:
         targets["fe_soft"] = torch.from_numpy(data.fe_soft[rows])
+    if data.fe_peer is not None:
+        targets["fe_peer"] = torch.from_numpy(data.fe_peer[rows])
     if data.grey:
         return {**_grey_inputs(data, rows, gen, true_aspect), **targets}
     x = normalise(data.images[rows])
