@@ -281,12 +281,12 @@ def check_resumable(distill_run: Path, settings) -> None:
 
 # The default bundle's teacher and student (docs/recipe.md); RECIPE_BUILD goes up with every change to what the
 # recipe produces, so a fleet (and `bundle verify`) can tell the new built-in bundle from the last.
-RECIPE_BUILD = 4
+RECIPE_BUILD = 5
 RECIPE_TEACHER_STEPS = 12000
 RECIPE_TEACHER = ["--config", "real", "--batch", "64", "--seed", "0", "--val-every", "1000", "--ckpt-every", "500"]
-RECIPE_STUDENT = {"widths": (64, 128, 256), "blocks": (1, 1, 1), "stem_width": 32, "fp32_steps": 6000,
-                  "qat_steps": 1500, "batch": 64, "lr": 2e-3, "photo_fraction": 0.2, "fe_bias_photo_weight": 0.25,
-                  "fe_bias_balanced": True, "teacher_true_aspect": True, "seed": 0}
+RECIPE_STUDENT = {"widths": (64, 128, 256), "blocks": (1, 1, 1), "stem_width": 32, "fp32_steps": 12000,
+                  "qat_steps": 1500, "batch": 64, "lr": 2e-3, "photo_fraction": 0.4, "fe_bias_photo_weight": 0.25,
+                  "fe_bias_balanced": True, "teacher_true_aspect": True, "peer_share": 0.5, "seed": 0}
 
 
 def _recipe(args: argparse.Namespace) -> int:
@@ -296,13 +296,16 @@ def _recipe(args: argparse.Namespace) -> int:
 
     from edge.bundle.default import DEFAULT_BUNDLE_DIR
     from edge.cli.app import CLIError
+    from quantize.data.peer_targets import TARGETS_SUFFIX
     from quantize.distill.loop import DistillSettings
 
     needed = [args.faces / f"{split}{kind}" for split in ("train", "val") for kind in (".npz", ".blendshapes.npz")]
+    needed.append(args.faces / f"train{TARGETS_SUFFIX}")
     missing = [str(p) for p in needed if not p.is_file()]
     if missing:
-        raise CLIError(f"--faces {args.faces}: missing {', '.join(missing)}; build them with `affect-quantize faces` "
-                       "and `python -m quantize.data.blendshapes` (docs/data.md, \"Real faces\")")
+        raise CLIError(f"--faces {args.faces}: missing {', '.join(missing)}; build them with `affect-quantize faces`, "
+                       "`python -m quantize.data.blendshapes` and `affect-quantize peer-targets` "
+                       "(docs/data.md, \"Real faces\")")
     out = args.out or DEFAULT_BUNDLE_DIR
     teacher_run, distill_run = args.work / "teacher", args.work / "distill"
     started = time.monotonic()

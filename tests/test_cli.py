@@ -28,7 +28,7 @@ def test_quantize_labels_prints_prior():
 def test_recipe_refuses_a_scale_outside_0_1_before_any_work(tmp_path, scale):
     faces = tmp_path / "faces"
     faces.mkdir()
-    for name in ("train.npz", "val.npz", "train.blendshapes.npz", "val.blendshapes.npz"):
+    for name in ("train.npz", "val.npz", "train.blendshapes.npz", "val.blendshapes.npz", "train.peer.npz"):
         (faces / name).touch()
     result = subprocess.run(
         [sys.executable, "-m", "quantize.cli", "recipe", "default", "--faces", str(faces),
@@ -36,6 +36,20 @@ def test_recipe_refuses_a_scale_outside_0_1_before_any_work(tmp_path, scale):
         capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 2 and f"--scale {float(scale)}: must be in (0, 1]" in result.stderr, result.stderr
+    assert not (tmp_path / "w").exists() and not (tmp_path / "b").exists()
+
+
+def test_recipe_names_the_missing_peer_targets(tmp_path):
+    faces = tmp_path / "faces"
+    faces.mkdir()
+    for name in ("train.npz", "val.npz", "train.blendshapes.npz", "val.blendshapes.npz"):
+        (faces / name).touch()
+    result = subprocess.run(
+        [sys.executable, "-m", "quantize.cli", "recipe", "default", "--faces", str(faces),
+         "--work", str(tmp_path / "w"), "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"missing {faces / 'train.peer.npz'}" in result.stderr and "affect-quantize peer-targets" in result.stderr
     assert not (tmp_path / "w").exists() and not (tmp_path / "b").exists()
 
 
