@@ -18,6 +18,7 @@ from quantize.data.fer2013 import (
     load_fer2013_folders,
     load_ferplus_csv,
     load_ferplus_folders,
+    read_original,
 )
 from quantize.data.image_folder import load_labelled_folder
 from quantize.data.types import DataError
@@ -161,3 +162,12 @@ def test_labelled_folder(tmp_path) -> None:
     (tmp_path / "labels.csv").write_text("relpath,label\na.jpg,smug\n")
     with pytest.raises(DataError, match=r"labels.csv:2: unknown expression 'smug'"):
         load_labelled_folder(tmp_path / "labels.csv")
+
+
+def test_read_original_by_cache_key_and_a_clear_error_for_a_wrong_root(tmp_path):
+    face = np.arange(48 * 48, dtype=np.uint8).reshape(48, 48)
+    (tmp_path / "train" / "happy").mkdir(parents=True)
+    cv2.imwrite(str(tmp_path / "train" / "happy" / "Training_1.png"), face)
+    np.testing.assert_array_equal(read_original(tmp_path, np.str_("train/happy/Training_1.png")), face)
+    with pytest.raises(DataError, match=r"elsewhere.*Training_1\.png: cannot read \(is --fer2013 the folder"):
+        read_original(tmp_path / "elsewhere", "train/happy/Training_1.png")

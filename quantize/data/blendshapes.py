@@ -175,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.task.is_file():
         parser.error(f"--task {args.task}: no such file")
-    import cv2
+    from quantize.data.fer2013 import read_original
+    from quantize.data.types import DataError
 
     with np.load(args.faces, allow_pickle=False) as z:
         crops, keys, datasets, labelled = z["images"], z["key"], z["dataset"], z["au_mask"].any(axis=1)
@@ -184,10 +185,10 @@ def main(argv: list[str] | None = None) -> int:
         if own and not args.all:
             images.append(None)  # its own AU labels are used in training
         elif args.fer2013 is not None and dataset == "fer2013":
-            image = cv2.imread(str(args.fer2013 / str(key)), cv2.IMREAD_GRAYSCALE)
-            if image is None:
-                parser.error(f"{args.fer2013 / str(key)}: cannot read (is --fer2013 the folder the cache came from?)")
-            images.append(image)
+            try:
+                images.append(read_original(args.fer2013, key))
+            except DataError as e:
+                parser.error(str(e))
         else:
             images.append(crop)
     started = time.monotonic()

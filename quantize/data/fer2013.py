@@ -49,6 +49,18 @@ def _pixel_reader(pixels: np.ndarray) -> Callable[[], np.ndarray]:
     return lambda: cv2.cvtColor(pixels, cv2.COLOR_GRAY2BGR)
 
 
+def read_original(root: Path, key: str) -> np.ndarray:
+    """A face cache row's original FER2013 image (grey), by the cache key: the relative path under `root`.
+
+    Teachers that read whole images (MediaPipe, the peer) start from these rather than from the aligned crops.
+    """
+    path = root / str(key)
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if image is None:
+        raise DataError(f"{path}: cannot read (is --fer2013 the folder the cache came from?)")
+    return image
+
+
 def load_fer2013_folders(root: Path | str, split: str) -> list[LabelledImage]:
     """Kaggle layout. PublicTest / PrivateTest are told apart by the file-name prefix, wherever they sit."""
     root, split = Path(root), _split(split)

@@ -131,20 +131,15 @@ class PeerTargets:
 def peer_targets(keys: np.ndarray, dataset: np.ndarray, fer2013: Path, peer: FerPeer | None = None,
                  progress: bool = True) -> PeerTargets:
     """The peer on every FER2013 row of a cache, read from the original images under `fer2013`."""
-    import cv2
-
     from edge.bundle.store import sha256_file
+    from quantize.data.fer2013 import read_original
 
     peer = peer or FerPeer(threads=2)
     probs = np.full((len(keys), len(BASIC_EXPRESSIONS)), np.nan, np.float32)
     rows = np.flatnonzero(dataset == "fer2013")
     started = time.monotonic()
     for n, i in enumerate(rows, 1):
-        path = fer2013 / str(keys[i])
-        grey = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-        if grey is None:
-            raise DataError(f"{path}: cannot read (is --fer2013 the folder the cache came from?)")
-        probs[i] = to_ours(peer.predict(whole_face_input(grey)))
+        probs[i] = to_ours(peer.predict(whole_face_input(read_original(fer2013, keys[i]))))
         if progress and n % 5000 == 0:
             rate = n / max(time.monotonic() - started, 1e-6)
             print(f"peer-targets: {n}/{len(rows)} ({rate:.0f}/s)", file=sys.stderr, flush=True)
