@@ -1,5 +1,6 @@
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -24,12 +25,21 @@ def test_quantize_labels_prints_prior():
     assert happiness.count("#") == 2
 
 
-@pytest.mark.parametrize("scale", ["0", "1.5"])
-def test_recipe_refuses_a_scale_outside_0_1_before_any_work(tmp_path, scale):
+RECIPE_INPUTS = ("train.npz", "val.npz", "train.blendshapes.npz", "val.blendshapes.npz", "train.peer.npz")
+
+
+def _faces_dir(tmp_path: Path, names: tuple[str, ...]) -> Path:
+    """Empty stand-ins for the recipe's inputs: the checks under test run before any of them is read."""
     faces = tmp_path / "faces"
     faces.mkdir()
-    for name in ("train.npz", "val.npz", "train.blendshapes.npz", "val.blendshapes.npz", "train.peer.npz"):
+    for name in names:
         (faces / name).touch()
+    return faces
+
+
+@pytest.mark.parametrize("scale", ["0", "1.5"])
+def test_recipe_refuses_a_scale_outside_0_1_before_any_work(tmp_path, scale):
+    faces = _faces_dir(tmp_path, RECIPE_INPUTS)
     result = subprocess.run(
         [sys.executable, "-m", "quantize.cli", "recipe", "default", "--faces", str(faces),
          "--work", str(tmp_path / "w"), "--out", str(tmp_path / "b"), "--scale", scale],
@@ -40,10 +50,7 @@ def test_recipe_refuses_a_scale_outside_0_1_before_any_work(tmp_path, scale):
 
 
 def test_recipe_names_the_missing_peer_targets(tmp_path):
-    faces = tmp_path / "faces"
-    faces.mkdir()
-    for name in ("train.npz", "val.npz", "train.blendshapes.npz", "val.blendshapes.npz"):
-        (faces / name).touch()
+    faces = _faces_dir(tmp_path, tuple(n for n in RECIPE_INPUTS if n != "train.peer.npz"))
     result = subprocess.run(
         [sys.executable, "-m", "quantize.cli", "recipe", "default", "--faces", str(faces),
          "--work", str(tmp_path / "w"), "--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=120

@@ -135,12 +135,12 @@ def peer_targets(keys: np.ndarray, dataset: np.ndarray, fer2013: Path, peer: Fer
     from quantize.data.fer2013 import read_original
 
     peer = peer or FerPeer(threads=2)
-    probs = np.full((len(keys), len(BASIC_EXPRESSIONS)), np.nan, np.float32)
+    probs = np.full((len(keys), len(FER_LABELS)), np.nan, np.float32)  # the peer's column order until the end
     rows = np.flatnonzero(dataset == "fer2013")
     started = time.monotonic()
     for n, i in enumerate(rows, 1):
-        probs[i] = to_ours(peer.predict(whole_face_input(read_original(fer2013, keys[i]))))
+        probs[i] = peer.predict(whole_face_input(read_original(fer2013, keys[i])))
         if progress and n % 5000 == 0:
             rate = n / max(time.monotonic() - started, 1e-6)
             print(f"peer-targets: {n}/{len(rows)} ({rate:.0f}/s)", file=sys.stderr, flush=True)
-    return PeerTargets(np.asarray(keys), probs, sha256_file(peer.path))
+    return PeerTargets(np.asarray(keys), to_ours(probs), sha256_file(peer.path))
